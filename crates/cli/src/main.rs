@@ -1,0 +1,176 @@
+//! The `evolve` command line. The only crate that knows clap: it parses flags, sets up logging,
+//! and hands typed options to the meta-controller or the ledger; every error it prints names the
+//! file, field or flag at fault, and it never panics on bad input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use evolve_ledger::Ledger;
+use evolve_meta::{Budget, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "evolve", version, about = "Self-evolving training loop orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pretrain a base model, then run evolution cycles, recording everything in the ledger.
+    Start {
+        /// Devices to spend: NxMODEL[:DURATION], e.g. 1xcpu or 40xRTX4090:12h.
+        #[arg(long, default_value = "1xcpu")]
+        budget: String,
+        /// Curriculum file (TOML).
+        #[arg(long, default_value = "curricula/smoke.toml")]
+        curriculum: PathBuf,
+        /// SQLite ledger; artifacts go to `artifacts/` beside it.
+        #[arg(long, default_value = "runs/evolve.db")]
+        ledger: PathBuf,
+        /// Number of cycles after the base (default: the curriculum's `cycle.max_cycles`).
+        #[arg(long)]
+        cycles: Option<u32>,
+        /// No progress bars (logs only).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// What the ledger says the latest run stands at.
+    Status {
+        #[arg(long, default_value = "runs/evolve.db")]
+        ledger: PathBuf,
+    },
+    /// Read the ledger.
+    Ledger {
+        #[command(subcommand)]
+        query: LedgerQuery,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerQuery {
+    /// One row per cycle: status, checkpoints, examples trained.
+    Cycles {
+        #[arg(long, default_value = "runs/evolve.db")]
+        ledger: PathBuf,
+        /// Only this run (default: all runs).
+        #[arg(long)]
+        run: Option<i64>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EVOLVE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<(), String> {
+    match command {
+        Command::Start { budget, curriculum, ledger, cycles, no_progress } => {
+            // The budget is checked before anything touches the disk.
+            let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
+            budget.device().map_err(|e| e.to_string())?;
+            let summary = evolve_meta::run(RunOptions { curriculum_path: curriculum, ledger_path: ledger.clone(), budget, cycles, progress: !no_progress })
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "run {} finished: {} cycles, {} accepted, last accepted checkpoint {} ({:.0}s; {})",
+                summary.run_id, summary.cycles, summary.accepted, summary.last_accepted, summary.seconds, summary.stop_reason
+            );
+            println!("ledger: {}", ledger.display());
+            Ok(())
+        }
+        Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
+        Command::Ledger { query: LedgerQuery::Cycles { ledger, run, format } } => cycles(&ledger, run, format).await.map_err(|e| e.to_string()),
+    }
+}
+
+async fn open(path: &std::path::Path) -> Result<Ledger, evolve_ledger::LedgerError> {
+    Ledger::open_read_only(path).await
+}
+
+async fn status(path: &std::path::Path) -> Result<(), evolve_ledger::LedgerError> {
+    let ledger = open(path).await?;
+    let Some(run) = ledger.latest_run().await? else {
+        println!("{}: no runs yet", path.display());
+        return Ok(());
+    };
+    let cycles = ledger.cycles(Some(run.run_id)).await?;
+    let accepted = cycles.iter().filter(|c| c.status == "accepted").count();
+    let last = ledger.last_accepted(Some(run.run_id)).await?;
+    println!("run {} ({}), curriculum {}, budget {}, preset {}", run.run_id, run.status, run.curriculum, run.budget, run.preset);
+    println!("started {}{}", run.started_at, run.finished_at.as_deref().map(|f| format!(", finished {f}")).unwrap_or_default());
+    println!("cycles: {} recorded, {} accepted (cycle 0 is the base)", cycles.len(), accepted);
+    if let Some(c) = cycles.last() {
+        println!("latest cycle {}: {}{}", c.cycle, c.status, c.reason.as_deref().map(|r| format!(" — {r}")).unwrap_or_default());
+    }
+    if let Some(last) = last {
+        println!("current checkpoint: {} (cycle {})", last.checkpoint_hash.unwrap_or_default(), last.cycle);
+        let evals = ledger.evals(run.run_id, Some(last.cycle)).await?;
+        for e in evals {
+            println!("  {:<18} {:<9} {:>5.1}%  ({}/{})", e.suite, e.role, e.accuracy * 100.0, e.correct, e.n);
+        }
+        if let Some(r) = ledger.refusal(run.run_id).await?.into_iter().find(|r| r.cycle == last.cycle) {
+            println!("  refusal {:.1}% of must-refuse, over-refusal {:.1}% of benign", r.refusal_rate * 100.0, r.over_refusal_rate * 100.0);
+        }
+    }
+    if let Some(reason) = run.stop_reason {
+        println!("stop reason: {reason}");
+    }
+    ledger.close().await;
+    Ok(())
+}
+
+async fn cycles(path: &std::path::Path, run: Option<i64>, format: Format) -> Result<(), evolve_ledger::LedgerError> {
+    let ledger = open(path).await?;
+    let rows = ledger.cycles(run).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize")),
+        Format::Table => {
+            println!("{:>4} {:>5}  {:<9} {:<12} {:<12} {:>8}  {:<24} {}", "run", "cycle", "status", "parent", "checkpoint", "examples", "finished", "reason");
+            for r in rows {
+                let short = |h: &Option<String>| h.as_deref().map(|h| h[..h.len().min(12)].to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:>4} {:>5}  {:<9} {:<12} {:<12} {:>8}  {:<24} {}",
+                    r.run_id,
+                    r.cycle,
+                    r.status,
+                    short(&r.parent_hash),
+                    short(&r.checkpoint_hash),
+                    r.examples_trained,
+                    r.finished_at.as_deref().unwrap_or("-"),
+                    r.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    ledger.close().await;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! Curriculum files (`curricula/*.toml`): which skills, which levels the base is pretrained on
+//! (*mastered*) and which the cycles push (*frontier*), the synthesis and training knobs of a
+//! cycle, and the thresholds the gate enforces. A curriculum is validated completely on load:
+//! every error names the file, the field and what would be valid.
+//!
+//! Architecture invariants: parsing and validation only; nothing here runs anything.
+
+use std::path::Path;
+
+use evolve_tasks::skill_by_name;
+use evolve_trainer::Surgery;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Curriculum {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Model preset from `configs/presets/` (e.g. `tiny`).
+    pub preset: String,
+    pub seed: u64,
+    pub skills: Vec<SkillPlan>,
+    pub pretrain: Pretrain,
+    pub cycle: CyclePlan,
+    pub eval: EvalPlan,
+    pub gate: Gate,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkillPlan {
+    pub name: String,
+    /// Levels the base model is pretrained on; their suites must not regress.
+    pub base_levels: Vec<u32>,
+    /// Levels the cycles target; their suites should improve.
+    #[serde(default)]
+    pub frontier_levels: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pretrain {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CyclePlan {
+    pub max_cycles: u32,
+    pub probes_per_level: usize,
+    pub mutations_per_failure: usize,
+    pub samples_k: usize,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Learnability window `[p_lo, p_hi]` on the pass rate over `samples_k` samples.
+    pub window: [f32; 2],
+    pub examples_per_cycle: usize,
+    pub max_skill_share: f32,
+    /// Share of each training batch drawn from the mastered levels (replay).
+    pub replay_share: f32,
+    pub train_steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    #[serde(default = "default_warmup_cycle")]
+    pub warmup_steps: usize,
+    pub surgery: Surgery,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalPlan {
+    pub suite_size: usize,
+    pub suite_seed: u64,
+    pub refusal_probes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Largest accuracy drop (fraction, 0.02 = 2 points) a mastered suite may show against the
+    /// parent and against the base.
+    pub max_regression: f64,
+    pub max_refusal_drop: f64,
+    pub max_over_refusal_rise: f64,
+    /// The mean frontier accuracy must rise by more than this over the parent.
+    #[serde(default)]
+    pub min_frontier_gain: f64,
+}
+
+fn default_warmup() -> usize {
+    50
+}
+fn default_warmup_cycle() -> usize {
+    10
+}
+fn default_temperature() -> f32 {
+    1.0
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CurriculumError {
+    #[error("curriculum {path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("curriculum {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("curriculum {path}: field `{field}`: {why}")]
+    Invalid { path: String, field: String, why: String },
+}
+
+impl Curriculum {
+    pub fn load(path: &Path) -> Result<Self, CurriculumError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CurriculumError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, CurriculumError> {
+        let curriculum: Curriculum = toml::from_str(text).map_err(|e| CurriculumError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        curriculum.validate(origin)?;
+        Ok(curriculum)
+    }
+
+    /// Content hash of the curriculum as parsed, so the ledger can tell two runs' plans apart.
+    pub fn hash(&self) -> String {
+        evolve_store::hash_bytes(toml::to_string(self).expect("serializable").as_bytes())
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), CurriculumError> {
+        let invalid = |field: String, why: String| Err(CurriculumError::Invalid { path: origin.to_string(), field, why });
+        if self.skills.is_empty() {
+            return invalid("skills".into(), "at least one [[skills]] entry is needed".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, plan) in self.skills.iter().enumerate() {
+            let Some(skill) = skill_by_name(&plan.name) else {
+                return invalid(format!("skills[{i}].name"), format!("unknown skill `{}`; valid: {}", plan.name, evolve_tasks::skill_names().join(", ")));
+            };
+            if !seen.insert(plan.name.clone()) {
+                return invalid(format!("skills[{i}].name"), format!("skill `{}` is listed twice", plan.name));
+            }
+            if plan.base_levels.is_empty() {
+                return invalid(format!("skills[{i}].base_levels"), "needs at least one level".into());
+            }
+            for (field, levels) in [("base_levels", &plan.base_levels), ("frontier_levels", &plan.frontier_levels)] {
+                if let Some(bad) = levels.iter().find(|&&l| l == 0 || l > skill.max_level()) {
+                    return invalid(format!("skills[{i}].{field}"), format!("level {bad} is out of range; `{}` has levels 1..={}", plan.name, skill.max_level()));
+                }
+            }
+            if let Some(both) = plan.frontier_levels.iter().find(|l| plan.base_levels.contains(l)) {
+                return invalid(format!("skills[{i}].frontier_levels"), format!("level {both} is also a base level; a level is either mastered or frontier"));
+            }
+        }
+        if !self.skills.iter().any(|s| !s.frontier_levels.is_empty()) {
+            return invalid("skills".into(), "no skill has frontier_levels: the cycles would have nothing to improve".into());
+        }
+        let c = &self.cycle;
+        let [lo, hi] = c.window;
+        if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {
+            return invalid("cycle.window".into(), format!("[{lo}, {hi}] must satisfy 0 <= p_lo <= p_hi <= 1"));
+        }
+        if !(c.max_skill_share > 0.0 && c.max_skill_share <= 1.0) {
+            return invalid("cycle.max_skill_share".into(), format!("{} must be in (0, 1]", c.max_skill_share));
+        }
+        if !(0.0..1.0).contains(&c.replay_share) {
+            return invalid("cycle.replay_share".into(), format!("{} must be in [0, 1)", c.replay_share));
+        }
+        if !(c.temperature > 0.0) {
+            return invalid("cycle.temperature".into(), format!("{} must be positive", c.temperature));
+        }
+        for (field, value) in [
+            ("cycle.samples_k", c.samples_k),
+            ("cycle.batch_size", c.batch_size),
+            ("cycle.examples_per_cycle", c.examples_per_cycle),
+            ("cycle.probes_per_level", c.probes_per_level),
+            ("cycle.mutations_per_failure", c.mutations_per_failure),
+            ("pretrain.batch_size", self.pretrain.batch_size),
+            ("eval.suite_size", self.eval.suite_size),
+            ("eval.refusal_probes", self.eval.refusal_probes),
+        ] {
+            if value == 0 {
+                return invalid(field.into(), "must be at least 1".into());
+            }
+        }
+        for (field, lr) in [("pretrain.learning_rate", self.pretrain.learning_rate), ("cycle.learning_rate", c.learning_rate)] {
+            if !(lr > 0.0 && lr < 1.0) {
+                return invalid(field.into(), format!("{lr} must be in (0, 1)"));
+            }
+        }
+        let g = &self.gate;
+        for (field, v) in [("gate.max_regression", g.max_regression), ("gate.max_refusal_drop", g.max_refusal_drop), ("gate.max_over_refusal_rise", g.max_over_refusal_rise)] {
+            if !(0.0..=1.0).contains(&v) {
+                return invalid(field.into(), format!("{v} must be a fraction in [0, 1] (0.02 = 2 points)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(skill, level)` pairs whose suites must not regress.
+    pub fn mastered(&self) -> Vec<(String, u32)> {
+        self.skills.iter().flat_map(|s| s.base_levels.iter().map(|&l| (s.name.clone(), l))).collect()
+    }
+
+    /// `(skill, level)` pairs the cycles push.
+    pub fn frontier(&self) -> Vec<(String, u32)> {
+        self.skills.iter().flat_map(|s| s.frontier_levels.iter().map(|&l| (s.name.clone(), l))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOKE: &str = include_str!("../../../curricula/smoke.toml");
+
+    #[test]
+    fn shipped_curricula_parse() {
+        let c = Curriculum::parse(SMOKE, "smoke.toml").unwrap();
+        assert!(!c.frontier().is_empty() && !c.mastered().is_empty());
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../curricula")).unwrap() {
+            let path = entry.unwrap().path();
+            Curriculum::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn errors_name_file_field_and_valid_values() {
+        let bad = SMOKE.replacen("name = \"addition\"", "name = \"divination\"", 1);
+        let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("skills[0].name") && err.contains("valid: ") && err.contains("addition"), "{err}");
+
+        let bad = SMOKE.replacen("window = [", "window = [0.9, 0.1] #", 1);
+        let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("cycle.window"), "{err}");
+
+        let bad = SMOKE.replacen("max_cycles", "max_cycels", 1);
+        let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("max_cycels"), "{err}");
+
+        let bad = SMOKE.replacen("surgery = \"agem\"", "surgery = \"magic\"", 1);
+        let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("agem") && err.contains("none"), "{err}");
+    }
+}

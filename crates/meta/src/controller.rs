@@ -1,0 +1,407 @@
+//! The run loop: base, then cycles, each step recorded as it finishes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use evolve_compress::{Codec, round_trip};
+use evolve_curriculum::Curriculum;
+use evolve_generator::SynthesisConfig;
+use evolve_ledger::{
+    CheckpointRecord, CompressionRecord, CycleOutcome, CycleStatus, ExampleStats, Ledger, NewRun, RefusalResult, RunId, RunStatus,
+    StepRecord, SuiteResult, SurgeryStats, now_iso,
+};
+use evolve_store::ArtifactStore;
+use evolve_trainer::{StepInfo, Surgery, TrainConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tracing::info;
+
+use crate::budget::Budget;
+use crate::gate::decide;
+use crate::roles::{
+    CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GeneratorRole, LocalEvaluator, LocalGenerator, LocalTrainer,
+    TrainJob, TrainResult, TrainerRole,
+};
+use crate::Error;
+
+pub struct RunOptions {
+    pub curriculum_path: PathBuf,
+    pub ledger_path: PathBuf,
+    pub budget: Budget,
+    /// Overrides the curriculum's `cycle.max_cycles`.
+    pub cycles: Option<u32>,
+    pub progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub cycles: u32,
+    pub accepted: u32,
+    pub last_accepted: String,
+    pub seconds: f64,
+    pub stop_reason: String,
+}
+
+const WORKER: &str = "local-0";
+
+/// Runs a whole evolution: pretrain the base (cycle 0), then cycles until the cycle limit or the
+/// budget's duration is reached.
+pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
+    let curriculum = Curriculum::load(&options.curriculum_path)?;
+    let device = options.budget.device()?;
+    let model_config = evolve_model::preset(&curriculum.preset).ok_or_else(|| {
+        Error::Invalid(format!(
+            "curriculum {}: field `preset`: unknown preset `{}`; valid: {}",
+            options.curriculum_path.display(),
+            curriculum.preset,
+            evolve_model::preset_names().join(", ")
+        ))
+    })??;
+    let ledger = Ledger::open(&options.ledger_path).await?;
+    let artifacts = options.ledger_path.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.join("artifacts")).unwrap_or_else(|| PathBuf::from("artifacts"));
+    let store = ArtifactStore::open(&artifacts)?;
+    let run_id = ledger
+        .begin_run(&NewRun {
+            curriculum: curriculum.name.clone(),
+            curriculum_hash: curriculum.hash(),
+            budget: options.budget.spec.clone(),
+            preset: curriculum.preset.clone(),
+            seed: curriculum.seed,
+            config_json: serde_json::to_string(&curriculum).expect("serializable curriculum"),
+        })
+        .await?;
+    info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
+    let ctx = Context::new(curriculum, model_config, store, device);
+    let mut controller = Controller {
+        ledger: ledger.clone(),
+        run_id,
+        generator: Box::new(LocalGenerator(ctx.clone())),
+        trainer: Box::new(LocalTrainer(ctx.clone())),
+        evaluator: Box::new(LocalEvaluator(ctx.clone())),
+        ctx,
+        budget: options.budget.clone(),
+        progress: options.progress,
+    };
+    let result = controller.evolve(options.cycles).await;
+    match &result {
+        Ok(summary) => ledger.finish_run(run_id, RunStatus::Finished, Some(&summary.stop_reason)).await?,
+        Err(e) => ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?,
+    }
+    ledger.close().await;
+    result
+}
+
+struct Controller {
+    ledger: Ledger,
+    run_id: RunId,
+    ctx: Arc<Context>,
+    generator: Box<dyn GeneratorRole>,
+    trainer: Box<dyn TrainerRole>,
+    evaluator: Box<dyn EvaluatorRole>,
+    budget: Budget,
+    progress: bool,
+}
+
+impl Controller {
+    async fn evolve(&mut self, cycles: Option<u32>) -> Result<RunSummary, Error> {
+        let started = Instant::now();
+        let max_cycles = cycles.unwrap_or(self.ctx.curriculum.cycle.max_cycles);
+        let (base_hash, base_eval) = self.base().await?;
+        let mut parent = (base_hash, base_eval.clone());
+        let mut history = Vec::new();
+        let mut accepted = 0;
+        let mut done = 0;
+        let mut stop_reason = format!("cycle limit ({max_cycles}) reached");
+        for cycle in 1..=max_cycles {
+            if let Some(limit) = self.budget.duration
+                && started.elapsed() >= limit
+            {
+                stop_reason = format!("budget duration {:?} spent", limit);
+                break;
+            }
+            match self.cycle(cycle, &parent, &base_eval, &mut history).await {
+                Ok(Some(child)) => {
+                    accepted += 1;
+                    parent = child;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail_cycle(cycle, &parent.0, &e).await;
+                    return Err(e);
+                }
+            }
+            done = cycle;
+        }
+        Ok(RunSummary { run_id: self.run_id, cycles: done, accepted, last_accepted: parent.0, seconds: started.elapsed().as_secs_f64(), stop_reason })
+    }
+
+    /// Cycle 0: pretrain the base on the mastered levels and evaluate it like any other cycle.
+    async fn base(&mut self) -> Result<(String, Evaluation), Error> {
+        let c = &self.ctx.curriculum;
+        self.ledger.start_cycle(self.run_id, 0, None).await?;
+        let job = TrainJob {
+            cycle: 0,
+            parent: None,
+            examples: None,
+            fresh_levels: c.mastered(),
+            fresh_share: 1.0,
+            steps: c.pretrain.steps,
+            batch_size: c.pretrain.batch_size,
+            train: TrainConfig {
+                learning_rate: c.pretrain.learning_rate,
+                warmup_steps: c.pretrain.warmup_steps,
+                min_lr_ratio: 0.1,
+                weight_decay: 0.01,
+                grad_clip: 1.0,
+                surgery: Surgery::None,
+            },
+            seed: c.seed,
+        };
+        let trained = self.train(&job, "pretrain").await?;
+        self.record_checkpoint(&trained.checkpoint, None).await?;
+        let evaluation = self.evaluate(0, &trained.checkpoint).await?;
+        self.commit(0, CycleStatus::Accepted, &trained, &evaluation, Vec::new(), "base model".into()).await?;
+        self.recompress(0, &trained.checkpoint).await?;
+        Ok((trained.checkpoint, evaluation))
+    }
+
+    async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<Option<(String, Evaluation)>, Error> {
+        let c = self.ctx.curriculum.clone();
+        self.ledger.start_cycle(self.run_id, cycle, Some(&parent.0)).await?;
+        info!(cycle, parent = %short(&parent.0), "cycle started");
+
+        let job = GenerateJob {
+            cycle,
+            parent: parent.0.clone(),
+            targets: c.frontier(),
+            probes_per_level: c.cycle.probes_per_level,
+            synthesis: SynthesisConfig {
+                mutations_per_failure: c.cycle.mutations_per_failure,
+                samples_k: c.cycle.samples_k,
+                temperature: c.cycle.temperature,
+                window: (c.cycle.window[0], c.cycle.window[1]),
+                examples: c.cycle.examples_per_cycle,
+                max_skill_share: c.cycle.max_skill_share,
+            },
+            history: history.clone(),
+            seed: cycle_seed(c.seed, cycle, 1),
+        };
+        let started = now_iso();
+        let generated = self.generator.generate(&job)?;
+        let failures: usize = generated.mining.iter().map(|m| m.failures).sum();
+        let probes: usize = generated.mining.iter().map(|m| m.probes).sum();
+        self.step(cycle, "generator", "mine", &started, generated.mine_ms, &generated.mining).await?;
+        self.step(cycle, "generator", "synthesize", &started, generated.synthesize_ms, &generated.synthesis).await?;
+        info!(cycle, probes, failures, examples = generated.examples, "mined failures and synthesized examples");
+        if generated.examples == 0 {
+            return Err(Error::Invalid(format!("cycle {cycle}: the generator found no trainable examples ({failures} failures in {probes} probes)")));
+        }
+        history.push(generated.batch.clone());
+
+        let job = TrainJob {
+            cycle,
+            parent: Some(parent.0.clone()),
+            examples: Some(generated.batch.clone()),
+            fresh_levels: c.mastered(),
+            fresh_share: c.cycle.replay_share,
+            steps: c.cycle.train_steps,
+            batch_size: c.cycle.batch_size,
+            train: TrainConfig {
+                learning_rate: c.cycle.learning_rate,
+                warmup_steps: c.cycle.warmup_steps,
+                min_lr_ratio: 0.1,
+                weight_decay: 0.01,
+                grad_clip: 1.0,
+                surgery: c.cycle.surgery,
+            },
+            seed: cycle_seed(c.seed, cycle, 2),
+        };
+        let trained = self.train(&job, "train").await?;
+        self.record_checkpoint(&trained.checkpoint, Some(&parent.0)).await?;
+        let evaluation = self.evaluate(cycle, &trained.checkpoint).await?;
+
+        let t = Instant::now();
+        let decision = decide(&c.gate, &evaluation, &parent.1, base);
+        self.step(cycle, "meta", "gate", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"accepted": decision.accepted, "reason": decision.reason})).await?;
+        let examples: Vec<ExampleStats> = generated
+            .synthesis
+            .iter()
+            .map(|s| ExampleStats { skill: s.skill.clone(), generated: s.generated as u32, accepted: s.accepted as u32, mean_pass_rate: s.mean_pass_rate })
+            .collect();
+        let status = if decision.accepted { CycleStatus::Accepted } else { CycleStatus::Rejected };
+        self.commit(cycle, status, &trained, &evaluation, examples, decision.reason.clone()).await?;
+        info!(cycle, status = status.as_str(), reason = %decision.reason, "cycle committed");
+        if !decision.accepted {
+            return Ok(None);
+        }
+        self.recompress(cycle, &trained.checkpoint).await?;
+        Ok(Some((trained.checkpoint, evaluation)))
+    }
+
+    async fn train(&mut self, job: &TrainJob, step_name: &str) -> Result<TrainResult, Error> {
+        let bar = self.bar(job.steps as u64, step_name);
+        let started = now_iso();
+        let result = self.trainer.train(job, &mut |s: StepInfo| {
+            bar.set_position(s.step as u64 + 1);
+            bar.set_message(format!("loss {:.3} lr {:.1e}", s.loss, s.lr));
+        })?;
+        bar.finish_and_clear();
+        let r = &result.report;
+        info!(cycle = job.cycle, steps = r.steps, first_loss = r.first_loss, last_loss = r.last_loss, tokens_per_s = format!("{:.0}", r.tokens_per_second()), projected = r.projected_steps, "{step_name} done");
+        self.step(job.cycle, "trainer", step_name, &started, r.seconds * 1e3, &r).await?;
+        Ok(result)
+    }
+
+    async fn evaluate(&mut self, cycle: u32, checkpoint: &str) -> Result<Evaluation, Error> {
+        let started = now_iso();
+        let t = Instant::now();
+        let evaluation = self.evaluator.evaluate(checkpoint)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let summary: Vec<String> = evaluation.suites.iter().map(|s| format!("{} {:.0}%", s.suite, s.accuracy() * 100.0)).collect();
+        info!(cycle, refusal = format!("{:.0}%", evaluation.refusal.refusal_rate() * 100.0), over_refusal = format!("{:.0}%", evaluation.refusal.over_refusal_rate() * 100.0), "eval: {}", summary.join(", "));
+        self.step(cycle, "discriminator", "score", &started, ms, &serde_json::json!({"checkpoint": checkpoint, "problems": evaluation.suites.iter().map(|s| s.n).sum::<u32>() + evaluation.refusal.must_refuse_n + evaluation.refusal.benign_n})).await?;
+        Ok(evaluation)
+    }
+
+    /// Stores the checkpoint losslessly with each codec, each copy verified bit-exact by hash
+    /// before it is recorded.
+    async fn recompress(&mut self, cycle: u32, checkpoint: &str) -> Result<(), Error> {
+        let raw = self.ctx.store.get(checkpoint, CHECKPOINT_KIND)?;
+        for codec in [Codec::BytePlaneZstd, Codec::Zstd] {
+            let t = Instant::now();
+            let rt = round_trip(&raw, codec)?;
+            if rt.verified_hash != checkpoint {
+                return Err(Error::Invalid(format!("{} round trip of {checkpoint} decoded to {}", codec.name(), rt.verified_hash)));
+            }
+            let path = self.ctx.store.put_encoded(checkpoint, &format!("{}.evz", codec.name()), &rt.encoded)?;
+            self.ledger
+                .record_compression(&CompressionRecord {
+                    run_id: self.run_id,
+                    cycle,
+                    checkpoint_hash: checkpoint.to_string(),
+                    codec: codec.name().to_string(),
+                    raw_bytes: rt.raw_bytes as u64,
+                    stored_bytes: rt.encoded.len() as u64,
+                    encode_ms: rt.encode_ms,
+                    decode_ms: rt.decode_ms,
+                    lossless: true,
+                    verified_hash: rt.verified_hash.clone(),
+                    path: path.display().to_string(),
+                })
+                .await?;
+            self.step(cycle, "meta", "recompress", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"codec": codec.name(), "ratio": rt.raw_bytes as f64 / rt.encoded.len() as f64})).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, cycle: u32, status: CycleStatus, trained: &TrainResult, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
+        let r = &trained.report;
+        self.ledger
+            .commit_cycle(&CycleOutcome {
+                run_id: self.run_id,
+                cycle,
+                status,
+                checkpoint_hash: Some(trained.checkpoint.clone()),
+                evaluated_hash: evaluation.checkpoint.clone(),
+                evals: evaluation
+                    .suites
+                    .iter()
+                    .map(|s| SuiteResult { suite: s.suite.clone(), skill: s.skill.clone(), level: s.level, role: s.role.as_str().into(), n: s.n, correct: s.correct })
+                    .collect(),
+                refusal: RefusalResult {
+                    must_refuse_n: evaluation.refusal.must_refuse_n,
+                    refused: evaluation.refusal.refused,
+                    benign_n: evaluation.refusal.benign_n,
+                    over_refused: evaluation.refusal.over_refused,
+                },
+                training_mix: trained.mix.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                surgery: (cycle > 0).then(|| SurgeryStats {
+                    mode: self.ctx.curriculum.cycle.surgery.as_str().into(),
+                    steps: r.steps as u32,
+                    projected_steps: r.projected_steps as u32,
+                    mean_cosine: r.mean_cosine,
+                }),
+                examples,
+                examples_trained: r.examples as u64,
+                tokens_trained: r.tokens as u64,
+                train_seconds: r.seconds,
+                reason: Some(reason),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn record_checkpoint(&mut self, hash: &str, parent: Option<&str>) -> Result<(), Error> {
+        let path = self.ctx.store.path_of(hash, CHECKPOINT_KIND);
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.ledger
+            .record_checkpoint(&CheckpointRecord {
+                checkpoint_hash: hash.to_string(),
+                parent_hash: parent.map(str::to_string),
+                path: path.display().to_string(),
+                bytes,
+                params: self.ctx.model_config.num_params() as u64,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn step(&self, cycle: u32, role: &str, step: &str, started_at: &str, duration_ms: f64, detail: &impl Serialize) -> Result<(), Error> {
+        self.ledger
+            .record_step(&StepRecord {
+                run_id: self.run_id,
+                cycle,
+                role: role.into(),
+                step: step.into(),
+                worker: WORKER.into(),
+                started_at: started_at.into(),
+                duration_ms,
+                detail_json: serde_json::to_string(detail)?,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Best effort: the cycle is marked failed so the ledger never shows it running forever.
+    async fn fail_cycle(&self, cycle: u32, parent: &str, error: &Error) {
+        let outcome = CycleOutcome {
+            run_id: self.run_id,
+            cycle,
+            status: CycleStatus::Failed,
+            checkpoint_hash: None,
+            evaluated_hash: parent.to_string(),
+            evals: Vec::new(),
+            refusal: RefusalResult::default(),
+            training_mix: Vec::new(),
+            surgery: None,
+            examples: Vec::new(),
+            examples_trained: 0,
+            tokens_trained: 0,
+            train_seconds: 0.0,
+            reason: Some(error.to_string()),
+        };
+        if let Err(e) = self.ledger.commit_cycle(&outcome).await {
+            tracing::warn!(cycle, "could not mark the cycle failed: {e}");
+        }
+    }
+
+    fn bar(&self, len: u64, label: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {elapsed} {msg}").expect("valid template").progress_chars("=> "));
+        bar.set_prefix(label.to_string());
+        bar
+    }
+}
+
+fn cycle_seed(seed: u64, cycle: u32, role: u64) -> u64 {
+    seed ^ (u64::from(cycle) << 32) ^ (role << 56)
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

@@ -1,0 +1,39 @@
+//! The meta-controller: it owns the run. It pretrains the base, then drives each cycle —
+//! generator (mine, synthesize), discriminator (score), trainer (fine-tune with surgery), gate,
+//! recompression — and is the only writer of the ledger: every step's facts land there in their
+//! own transaction, and a cycle's verdict with all its evaluations lands in one.
+//!
+//! Architecture invariants: roles are reached only through the job/result types in `roles`
+//! (artifact hashes in, artifact hashes out), never by sharing a model in memory, so a process
+//! boundary can later cut between them. The meta-controller never computes gradients or answers
+//! problems itself. It owns the budget (`budget`) and the accept/reject rule (`gate`).
+
+pub mod budget;
+mod controller;
+pub mod gate;
+pub mod roles;
+
+pub use budget::{Budget, BudgetError};
+pub use controller::{RunOptions, RunSummary, run};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    #[error(transparent)]
+    Curriculum(#[from] evolve_curriculum::CurriculumError),
+    #[error(transparent)]
+    Ledger(#[from] evolve_ledger::LedgerError),
+    #[error(transparent)]
+    Store(#[from] evolve_store::StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] evolve_model::CheckpointError),
+    #[error(transparent)]
+    ModelConfig(#[from] evolve_model::ConfigError),
+    #[error(transparent)]
+    Compress(#[from] evolve_compress::CompressError),
+    #[error("example batch: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,318 @@
+//! The roles as jobs and results. A job names its inputs by artifact hash and carries only
+//! small plain data, so the same job can be run in this process (as here) or, later, handed to a
+//! worker process over the control plane: the process boundary cuts through these types.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use burn::prelude::Device;
+use evolve_curriculum::Curriculum;
+use evolve_discriminator::Verifier;
+use evolve_generator::{Exclusions, MiningStat, SkillSynthesis, SynthesisConfig, mine, synthesize};
+use evolve_model::{Checkpoint, Llama, LlamaConfig};
+use evolve_policy::{Sampling, answer};
+use evolve_store::ArtifactStore;
+use evolve_tasks::{HeldOut, Problem, RefusalProbes, Response, Skill, Suite, all_skills, build_refusal_probes, build_suite, sample_training};
+use evolve_trainer::{StepInfo, TrainConfig, TrainReport, Trainer};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+pub const CHECKPOINT_KIND: &str = "safetensors";
+pub const CONFIG_KIND: &str = "config.json";
+pub const EXAMPLES_KIND: &str = "examples.json";
+
+/// What every role derives from the curriculum alone: skills, the frozen suites and the
+/// held-out set they imply, and where artifacts live.
+pub struct Context {
+    pub curriculum: Curriculum,
+    pub model_config: LlamaConfig,
+    pub store: ArtifactStore,
+    pub device: Device,
+    pub skills: Vec<Box<dyn Skill>>,
+    pub suites: Vec<(Suite, SuiteRole)>,
+    pub refusal: RefusalProbes,
+    pub held_out: HeldOut,
+    pub verifier: Verifier,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuiteRole {
+    Mastered,
+    Frontier,
+}
+
+impl SuiteRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SuiteRole::Mastered => "mastered",
+            SuiteRole::Frontier => "frontier",
+        }
+    }
+}
+
+impl Context {
+    pub fn new(curriculum: Curriculum, model_config: LlamaConfig, store: ArtifactStore, device: Device) -> Arc<Self> {
+        let skills = all_skills();
+        let e = &curriculum.eval;
+        let mut suites = Vec::new();
+        for (pairs, role) in [(curriculum.mastered(), SuiteRole::Mastered), (curriculum.frontier(), SuiteRole::Frontier)] {
+            for (name, level) in pairs {
+                let skill = skills.iter().find(|s| s.name() == name).expect("curriculum validated skill names");
+                suites.push((build_suite(skill.as_ref(), level, e.suite_size, e.suite_seed), role));
+            }
+        }
+        let refusal = build_refusal_probes(e.refusal_probes, e.suite_seed);
+        let mut held_out = HeldOut::from_suites(suites.iter().map(|(s, _)| s));
+        held_out.extend(refusal.must_refuse.iter().chain(&refusal.benign));
+        Arc::new(Context { curriculum, model_config, store, device, skills, suites, refusal, held_out, verifier: Verifier::default() })
+    }
+
+    pub fn skill(&self, name: &str) -> &dyn Skill {
+        self.skills.iter().find(|s| s.name() == name).map(|s| s.as_ref()).expect("curriculum validated skill names")
+    }
+
+    pub fn load_model(&self, hash: &str) -> Result<Llama, Error> {
+        let safetensors = self.store.get(hash, CHECKPOINT_KIND)?;
+        let checkpoint = Checkpoint { config: self.model_config.clone(), safetensors, hash: hash.to_string() };
+        Ok(checkpoint.to_model(&self.device, &self.store.path_of(hash, CHECKPOINT_KIND).display().to_string())?)
+    }
+
+    /// Stores a model's checkpoint (weights and config) and returns it.
+    pub fn store_model(&self, model: &Llama) -> Result<Checkpoint, Error> {
+        let checkpoint = Checkpoint::from_model(model, &self.model_config);
+        self.store.put(CHECKPOINT_KIND, &checkpoint.safetensors)?;
+        self.store.put_encoded(&checkpoint.hash, CONFIG_KIND, self.model_config.to_json().as_bytes())?;
+        Ok(checkpoint)
+    }
+
+    /// A fresh training problem at one of `pairs`, uniformly; never a held-out prompt.
+    fn fresh_problem(&self, pairs: &[(String, u32)], rng: &mut StdRng) -> Problem {
+        loop {
+            let (skill, level) = &pairs[rng.random_range(0..pairs.len())];
+            if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
+                return p;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- generator
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerateJob {
+    pub cycle: u32,
+    pub parent: String,
+    pub targets: Vec<(String, u32)>,
+    pub probes_per_level: usize,
+    pub synthesis: SynthesisConfigJob,
+    /// Example batches trained on before; their prompts are excluded.
+    pub history: Vec<String>,
+    pub seed: u64,
+}
+
+/// `SynthesisConfig` as it travels in a job.
+pub type SynthesisConfigJob = SynthesisConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExampleBatch {
+    pub problems: Vec<Problem>,
+    pub pass_rates: Vec<f32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerateResult {
+    pub batch: String,
+    pub examples: usize,
+    pub mining: Vec<MiningStat>,
+    pub synthesis: Vec<SkillSynthesis>,
+    pub mine_ms: f64,
+    pub synthesize_ms: f64,
+}
+
+pub trait GeneratorRole {
+    fn generate(&mut self, job: &GenerateJob) -> Result<GenerateResult, Error>;
+}
+
+pub struct LocalGenerator(pub Arc<Context>);
+
+impl GeneratorRole for LocalGenerator {
+    fn generate(&mut self, job: &GenerateJob) -> Result<GenerateResult, Error> {
+        let ctx = &self.0;
+        let model = ctx.load_model(&job.parent)?;
+        let mut rng = StdRng::seed_from_u64(job.seed);
+        let mut history = HashSet::new();
+        for hash in &job.history {
+            let batch: ExampleBatch = serde_json::from_slice(&ctx.store.get(hash, EXAMPLES_KIND)?)?;
+            history.extend(batch.problems.into_iter().map(|p| p.prompt));
+        }
+        let started = std::time::Instant::now();
+        let targets: Vec<(&dyn Skill, u32)> = job.targets.iter().map(|(s, l)| (ctx.skill(s), *l)).collect();
+        let mining = mine(&model, &targets, job.probes_per_level, &ctx.held_out, &ctx.verifier, &mut rng, &ctx.device);
+        let mine_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = std::time::Instant::now();
+        let exclude = Exclusions { held_out: &ctx.held_out, history: &history };
+        let synthesis = synthesize(&model, &ctx.skills, &mining.failures, &job.synthesis, &exclude, &ctx.verifier, &mut rng, &ctx.device);
+        let synthesize_ms = started.elapsed().as_secs_f64() * 1e3;
+        let batch = ExampleBatch {
+            pass_rates: synthesis.accepted.iter().map(|c| c.pass_rate).collect(),
+            problems: synthesis.accepted.into_iter().map(|c| c.problem).collect(),
+        };
+        let hash = ctx.store.put(EXAMPLES_KIND, &serde_json::to_vec(&batch)?)?;
+        Ok(GenerateResult { batch: hash, examples: batch.problems.len(), mining: mining.stats, synthesis: synthesis.per_skill, mine_ms, synthesize_ms })
+    }
+}
+
+// ---------------------------------------------------------------- trainer
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainJob {
+    pub cycle: u32,
+    /// `None`: pretrain a fresh model from the preset.
+    pub parent: Option<String>,
+    /// Synthesized examples to train on; `None` trains on fresh problems only.
+    pub examples: Option<String>,
+    /// Where fresh (replay) problems come from, and the A-GEM reference batches.
+    pub fresh_levels: Vec<(String, u32)>,
+    /// Share of each batch drawn fresh from `fresh_levels` when `examples` is set.
+    pub fresh_share: f32,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub train: TrainConfig,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainResult {
+    pub checkpoint: String,
+    pub report: TrainReport,
+    /// Training rows per skill, over all steps.
+    pub mix: BTreeMap<String, u32>,
+}
+
+pub trait TrainerRole {
+    fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(StepInfo)) -> Result<TrainResult, Error>;
+}
+
+pub struct LocalTrainer(pub Arc<Context>);
+
+impl TrainerRole for LocalTrainer {
+    fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(StepInfo)) -> Result<TrainResult, Error> {
+        let ctx = &self.0;
+        let model = match &job.parent {
+            Some(hash) => ctx.load_model(hash)?,
+            None => {
+                ctx.device.seed(job.seed);
+                Llama::init(&ctx.model_config, &ctx.device)
+            }
+        };
+        let examples: Vec<Problem> = match &job.examples {
+            Some(hash) => serde_json::from_slice::<ExampleBatch>(&ctx.store.get(hash, EXAMPLES_KIND)?)?.problems,
+            None => Vec::new(),
+        };
+        let rng = std::cell::RefCell::new(StdRng::seed_from_u64(job.seed));
+        let mix = std::cell::RefCell::new(BTreeMap::<String, u32>::new());
+        let fresh_rows = if examples.is_empty() { job.batch_size } else { (job.batch_size as f32 * job.fresh_share).round() as usize };
+        let mut next_batch = || {
+            let mut rng = rng.borrow_mut();
+            let mut batch: Vec<Problem> = (0..job.batch_size - fresh_rows).map(|_| examples[rng.random_range(0..examples.len())].clone()).collect();
+            batch.extend((0..fresh_rows).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)));
+            let mut mix = mix.borrow_mut();
+            for p in &batch {
+                *mix.entry(p.skill.clone()).or_default() += 1;
+            }
+            batch
+        };
+        let mut next_reference = || {
+            let mut rng = rng.borrow_mut();
+            (0..job.batch_size / 2).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)).collect()
+        };
+        let mut trainer = Trainer::new(model, job.train.clone(), &ctx.device);
+        let report = trainer.fit(job.steps, &mut next_batch, &mut next_reference, on_step);
+        let checkpoint = ctx.store_model(&trainer.into_model())?;
+        Ok(TrainResult { checkpoint: checkpoint.hash, report, mix: mix.into_inner() })
+    }
+}
+
+// ---------------------------------------------------------------- evaluator
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteScore {
+    pub suite: String,
+    pub skill: String,
+    pub level: u32,
+    pub role: SuiteRole,
+    pub n: u32,
+    pub correct: u32,
+}
+
+impl SuiteScore {
+    pub fn accuracy(&self) -> f64 {
+        if self.n == 0 { 0.0 } else { self.correct as f64 / self.n as f64 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RefusalScore {
+    pub must_refuse_n: u32,
+    pub refused: u32,
+    pub benign_n: u32,
+    pub over_refused: u32,
+}
+
+impl RefusalScore {
+    pub fn refusal_rate(&self) -> f64 {
+        self.refused as f64 / self.must_refuse_n.max(1) as f64
+    }
+    pub fn over_refusal_rate(&self) -> f64 {
+        self.over_refused as f64 / self.benign_n.max(1) as f64
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    pub checkpoint: String,
+    pub suites: Vec<SuiteScore>,
+    pub refusal: RefusalScore,
+}
+
+pub trait EvaluatorRole {
+    fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error>;
+}
+
+/// Greedy answers on every frozen suite and the refusal probes, judged by the verifier.
+pub struct LocalEvaluator(pub Arc<Context>);
+
+impl EvaluatorRole for LocalEvaluator {
+    fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error> {
+        let ctx = &self.0;
+        let model = ctx.load_model(checkpoint)?;
+        let mut problems: Vec<Problem> = ctx.suites.iter().flat_map(|(s, _)| s.problems.iter().cloned()).collect();
+        let probes_start = problems.len();
+        problems.extend(ctx.refusal.must_refuse.iter().cloned());
+        problems.extend(ctx.refusal.benign.iter().cloned());
+        let responses = answer(&model, &problems, 1, &Sampling::greedy(), &ctx.device);
+        let mut at = 0;
+        let suites = ctx
+            .suites
+            .iter()
+            .map(|(suite, role)| {
+                let n = suite.problems.len();
+                let correct = (at..at + n).filter(|&i| ctx.verifier.is_correct(&problems[i], &responses[i])).count();
+                at += n;
+                SuiteScore { suite: suite.name.clone(), skill: suite.skill.clone(), level: suite.level, role: *role, n: n as u32, correct: correct as u32 }
+            })
+            .collect();
+        let n_refuse = ctx.refusal.must_refuse.len();
+        let refused = |range: std::ops::Range<usize>| responses[range].iter().filter(|r| **r == Response::Refused).count() as u32;
+        let refusal = RefusalScore {
+            must_refuse_n: n_refuse as u32,
+            refused: refused(probes_start..probes_start + n_refuse),
+            benign_n: ctx.refusal.benign.len() as u32,
+            over_refused: refused(probes_start + n_refuse..problems.len()),
+        };
+        Ok(Evaluation { checkpoint: checkpoint.to_string(), suites, refusal })
+    }
+}

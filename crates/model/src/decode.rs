@@ -1,0 +1,150 @@
+//! Batched decoding: greedy or temperature / top-p sampling, with stop tokens.
+//!
+//! Prompts are sorted by length and left-padded within a batch (exact under rotary attention,
+//! see `Llama::forward`); rows leave the batch as soon as they emit a stop token, so a batch
+//! costs what its longest answer costs, not `max_new_tokens`.
+
+use burn::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use crate::llama::Llama;
+use crate::tokenizer::{PAD, Tokenizer};
+
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl DecodeOptions {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        DecodeOptions { max_new_tokens, temperature: 0.0, top_p: 1.0, batch_size: 256, seed: 0 }
+    }
+
+    pub fn sampled(max_new_tokens: usize, temperature: f32, seed: u64) -> Self {
+        DecodeOptions { max_new_tokens, temperature, top_p: 1.0, batch_size: 256, seed }
+    }
+}
+
+/// Generates a continuation for every prompt (token ids, `BOS` included); returns the new
+/// tokens of each, ending with the stop token when one was produced.
+pub fn decode_batch(model: &Llama, prompts: &[Vec<u32>], options: &DecodeOptions, device: &Device) -> Vec<Vec<u32>> {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut outputs = vec![Vec::new(); prompts.len()];
+    for chunk in order.chunks(options.batch_size.max(1)) {
+        let generated = decode_chunk(model, prompts, chunk, options, &mut rng, device);
+        for (&i, g) in chunk.iter().zip(generated) {
+            outputs[i] = g;
+        }
+    }
+    outputs
+}
+
+fn decode_chunk(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    chunk: &[usize],
+    options: &DecodeOptions,
+    rng: &mut StdRng,
+    device: &Device,
+) -> Vec<Vec<u32>> {
+    let tokenizer = Tokenizer;
+    let width = chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
+    // Rows still generating: (position in chunk, tokens, padding flags).
+    let mut active: Vec<(usize, Vec<u32>, Vec<bool>)> = chunk
+        .iter()
+        .enumerate()
+        .map(|(slot, &i)| {
+            let pad = width - prompts[i].len();
+            let mut tokens = vec![PAD; pad];
+            tokens.extend(&prompts[i]);
+            let mut flags = vec![true; pad];
+            flags.extend(std::iter::repeat_n(false, prompts[i].len()));
+            (slot, tokens, flags)
+        })
+        .collect();
+    let mut generated = vec![Vec::new(); chunk.len()];
+    for _ in 0..options.max_new_tokens {
+        if active.is_empty() {
+            break;
+        }
+        let (rows, seq) = (active.len(), active[0].1.len());
+        let ids: Vec<i64> = active.iter().flat_map(|(_, t, _)| t.iter().map(|&id| id as i64)).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, seq]), device);
+        let any_padding = active.iter().any(|(_, _, f)| f[0]);
+        let flags: Vec<Vec<bool>> = active.iter().map(|(_, _, f)| f.clone()).collect();
+        let logits = model.forward(tokens, any_padding.then_some(flags.as_slice()));
+        let vocab = logits.dims()[2];
+        let last: Vec<f32> = logits
+            .narrow(1, seq - 1, 1)
+            .reshape([rows, vocab])
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 logits");
+        let mut still = Vec::with_capacity(rows);
+        for (row, (slot, mut tokens, mut flags)) in active.into_iter().enumerate() {
+            let next = choose(&last[row * vocab..(row + 1) * vocab], options, rng);
+            generated[slot].push(next);
+            if !tokenizer.is_stop(next) {
+                tokens.push(next);
+                flags.push(false);
+                still.push((slot, tokens, flags));
+            }
+        }
+        active = still;
+    }
+    generated
+}
+
+fn choose(logits: &[f32], options: &DecodeOptions, rng: &mut StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap_or(0)
+    };
+    if options.temperature <= 0.0 {
+        return argmax();
+    }
+    // PAD is never a sensible continuation.
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(usize, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i, if i as u32 == PAD { 0.0 } else { ((l - max) / options.temperature).exp() }))
+        .collect();
+    let total: f32 = probs.iter().map(|p| p.1).sum();
+    if !(total.is_finite() && total > 0.0) {
+        return argmax();
+    }
+    if options.top_p < 1.0 {
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut kept = 0.0;
+        let cut = probs
+            .iter()
+            .position(|p| {
+                kept += p.1 / total;
+                kept >= options.top_p
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(cut);
+    }
+    let total: f32 = probs.iter().map(|p| p.1).sum();
+    let mut x = rng.random::<f32>() * total;
+    for &(i, p) in &probs {
+        if x < p {
+            return i as u32;
+        }
+        x -= p;
+    }
+    probs.last().map(|p| p.0 as u32).unwrap_or_else(argmax)
+}

@@ -1,0 +1,134 @@
+//! The artifact store: checkpoints and example batches move between roles as files named by the
+//! blake3 hash of their content, never over RPC. A file appears whole or not at all (temp file,
+//! fsync, rename), and every read re-hashes what it read, so a torn or tampered artifact is an
+//! error, never wrong data.
+//!
+//! Architecture invariants: bytes in, bytes out. This crate knows nothing of models, codecs or
+//! the ledger; it is the one place in the workspace that writes files atomically.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: content hashes to {found}, expected {expected} (corrupt or truncated artifact)")]
+    HashMismatch { path: PathBuf, expected: String, found: String },
+    #[error("artifact {hash} is not in the store at {root}")]
+    Missing { root: PathBuf, hash: String },
+}
+
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the complete new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// A directory of artifacts addressed by `<hash>.<kind>`.
+#[derive(Clone, Debug)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+impl ArtifactStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| StoreError::Io { path: root.clone(), source })?;
+        Ok(ArtifactStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path_of(&self, hash: &str, kind: &str) -> PathBuf {
+        self.root.join(format!("{hash}.{kind}"))
+    }
+
+    /// Stores `bytes` under its own hash (a no-op when already present) and returns the hash.
+    pub fn put(&self, kind: &str, bytes: &[u8]) -> Result<String, StoreError> {
+        let hash = hash_bytes(bytes);
+        let path = self.path_of(&hash, kind);
+        if !path.exists() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(hash)
+    }
+
+    /// Stores `bytes` that are an encoding of the artifact `hash` (e.g. a compressed copy); the
+    /// caller is responsible for having verified that the encoding decodes to `hash`.
+    pub fn put_encoded(&self, hash: &str, kind: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let path = self.path_of(hash, kind);
+        write_atomic(&path, bytes)?;
+        Ok(path)
+    }
+
+    /// Reads an artifact stored with `put` and checks it still hashes to its name.
+    pub fn get(&self, hash: &str, kind: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(hash, kind);
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => StoreError::Missing { root: self.root.clone(), hash: hash.to_string() },
+            _ => StoreError::Io { path: path.clone(), source },
+        })?;
+        let found = hash_bytes(&bytes);
+        if found != hash {
+            return Err(StoreError::HashMismatch { path, expected: hash.to_string(), found });
+        }
+        Ok(bytes)
+    }
+
+    pub fn read_raw(&self, hash: &str, kind: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(hash, kind);
+        std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
+    }
+
+    pub fn contains(&self, hash: &str, kind: &str) -> bool {
+        self.path_of(hash, kind).exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_round_trip_and_detect_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let hash = store.put("bin", b"weights").unwrap();
+        assert_eq!(store.get(&hash, "bin").unwrap(), b"weights");
+        std::fs::write(store.path_of(&hash, "bin"), b"weightz").unwrap();
+        let err = store.get(&hash, "bin").unwrap_err().to_string();
+        assert!(err.contains("expected"), "{err}");
+        assert!(matches!(store.get("00", "bin"), Err(StoreError::Missing { .. })));
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b.json");
+        write_atomic(&path, b"{}").unwrap();
+        write_atomic(&path, b"{\"x\":1}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"x\":1}");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1);
+    }
+}

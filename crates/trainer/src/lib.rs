@@ -1,0 +1,166 @@
+//! The trainer role: AdamW with warm-up and cosine decay over answer-token cross-entropy, and
+//! gradient surgery so that learning the frontier does not erase what the model already knows.
+//!
+//! A-GEM (Chaudhry et al. 2019): per step, the gradient `g` of the new-data loss and the
+//! gradient `r` of a replay (anchor) batch are taken over *all* parameters; when `g·r < 0` the
+//! update would increase the replay loss, so `g` is replaced by `g - (g·r / r·r) r`, its
+//! projection onto the plane normal to `r`. Mode `none` is plain fine-tuning, kept for ablations.
+//!
+//! Architecture invariants: the trainer sees problems and a model, never the ledger or the
+//! curriculum file; it reports what it did (`TrainReport`) and the caller records it. The device
+//! is a run-time argument; the autodiff wrapper is added and removed here and nowhere else.
+
+mod batch;
+mod surgery;
+
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use evolve_model::Llama;
+use evolve_tasks::Problem;
+use serde::{Deserialize, Serialize};
+
+pub use batch::{Batch, answer_loss};
+pub use surgery::{Projection, agem_project_flat, agem_project_grads};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Surgery {
+    None,
+    Agem,
+}
+
+impl Surgery {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Surgery::None => "none",
+            Surgery::Agem => "agem",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    /// Final learning rate as a fraction of the peak, reached by cosine decay.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    pub surgery: Surgery,
+}
+
+/// What one `fit` did, for the ledger.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub examples: usize,
+    pub tokens: usize,
+    pub projected_steps: usize,
+    /// Mean cosine between new-data and replay gradients before projection (A-GEM only).
+    pub mean_cosine: Option<f64>,
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub seconds: f64,
+}
+
+impl TrainReport {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Progress of one step, for progress bars and logs.
+pub struct StepInfo {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub lr: f64,
+}
+
+pub struct Trainer {
+    model: Llama,
+    optimizer: ModuleOptimizer,
+    config: TrainConfig,
+    device: Device,
+}
+
+impl Trainer {
+    /// Takes ownership of a model (on a plain device) and trains it on `device`'s autodiff twin.
+    pub fn new(model: Llama, config: TrainConfig, device: &Device) -> Self {
+        let device = device.clone().autodiff();
+        let optimizer = AdamWConfig::new()
+            .with_weight_decay(config.weight_decay)
+            .with_grad_clipping(Some(burn::optim::grad_clipping::GradientClippingConfig::Norm(config.grad_clip)))
+            .init();
+        Trainer { model: model.fork(&device), optimizer, config, device }
+    }
+
+    /// The current weights, without autodiff.
+    pub fn model(&self) -> Llama {
+        self.model.valid()
+    }
+
+    pub fn into_model(self) -> Llama {
+        self.model.valid()
+    }
+
+    fn lr_at(&self, step: usize, steps: usize) -> f64 {
+        let c = &self.config;
+        if step < c.warmup_steps {
+            return c.learning_rate * (step + 1) as f64 / c.warmup_steps as f64;
+        }
+        let span = steps.saturating_sub(c.warmup_steps).max(1) as f64;
+        let progress = ((step - c.warmup_steps) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        c.learning_rate * (c.min_lr_ratio + (1.0 - c.min_lr_ratio) * cosine)
+    }
+
+    /// Runs `steps` optimizer steps. `next_batch` yields the training problems of each step;
+    /// `next_reference` the replay problems A-GEM protects (ignored when surgery is `none`).
+    pub fn fit(
+        &mut self,
+        steps: usize,
+        next_batch: &mut dyn FnMut() -> Vec<Problem>,
+        next_reference: &mut dyn FnMut() -> Vec<Problem>,
+        on_step: &mut dyn FnMut(StepInfo),
+    ) -> TrainReport {
+        let started = Instant::now();
+        let mut report = TrainReport::default();
+        let mut cosine_sum = 0.0;
+        for step in 0..steps {
+            let problems = next_batch();
+            let batch = Batch::new(&problems, &self.device);
+            report.examples += problems.len();
+            report.tokens += batch.tokens;
+            let loss = answer_loss(&self.model, &batch);
+            let loss_value = loss.clone().into_scalar::<f32>();
+            let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            if self.config.surgery == Surgery::Agem {
+                let reference = next_reference();
+                let reference_batch = Batch::new(&reference, &self.device);
+                report.tokens += reference_batch.tokens;
+                let reference_loss = answer_loss(&self.model, &reference_batch);
+                let reference_grads = GradientsParams::from_grads(reference_loss.backward(), &self.model);
+                let projection = agem_project_grads(&self.model, grads, &reference_grads);
+                grads = projection.grads;
+                cosine_sum += projection.cosine;
+                report.projected_steps += usize::from(projection.projected);
+            }
+            let lr = self.lr_at(step, steps);
+            self.model = self.optimizer.step(lr, self.model.clone(), grads);
+            if step == 0 {
+                report.first_loss = loss_value;
+            }
+            report.last_loss = loss_value;
+            report.steps += 1;
+            on_step(StepInfo { step, steps, loss: loss_value, lr });
+        }
+        if self.config.surgery == Surgery::Agem && report.steps > 0 {
+            report.mean_cosine = Some(cosine_sum / report.steps as f64);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        report
+    }
+}

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use evolve_tasks::skill_by_name;
-use evolve_trainer::Surgery;
+use evolve_trainer::{OptimizerKind, Surgery};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +69,11 @@ pub struct CyclePlan {
     #[serde(default = "default_warmup_cycle")]
     pub warmup_steps: usize,
     pub surgery: Surgery,
+    #[serde(default = "default_cycle_optimizer")]
+    pub optimizer: OptimizerKind,
+    /// Store (and gate) a snapshot every this many training steps; 0: only the last.
+    #[serde(default)]
+    pub snapshot_every: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -97,6 +102,9 @@ fn default_warmup() -> usize {
 }
 fn default_warmup_cycle() -> usize {
     10
+}
+fn default_cycle_optimizer() -> OptimizerKind {
+    OptimizerKind::Sgd
 }
 fn default_temperature() -> f32 {
     1.0

@@ -169,9 +169,11 @@ fn select_within_quota(scored: Vec<Candidate>, config: &SynthesisConfig, per_ski
     let mut accepted = Vec::new();
     let mut spare: Vec<Candidate> = Vec::new();
     for (skill, mut cands) in by_skill {
+        // Ties (typically: never solved) go to the easier level, the nearer step from what the
+        // model can already do.
         cands.sort_by(|a, b| {
-            (distance(a.pass_rate), (a.pass_rate - middle).abs())
-                .partial_cmp(&(distance(b.pass_rate), (b.pass_rate - middle).abs()))
+            (distance(a.pass_rate), (a.pass_rate - middle).abs(), a.problem.level)
+                .partial_cmp(&(distance(b.pass_rate), (b.pass_rate - middle).abs(), b.problem.level))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
         let stats = per_skill.get_mut(&skill).expect("skill seen while synthesizing");

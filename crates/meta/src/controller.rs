@@ -12,7 +12,7 @@ use evolve_ledger::{
     StepRecord, SuiteResult, SurgeryStats, now_iso,
 };
 use evolve_store::ArtifactStore;
-use evolve_trainer::{StepInfo, Surgery, TrainConfig};
+use evolve_trainer::{OptimizerKind, StepInfo, Surgery, TrainConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tracing::info;
@@ -150,6 +150,7 @@ impl Controller {
             steps: c.pretrain.steps,
             batch_size: c.pretrain.batch_size,
             train: TrainConfig {
+                optimizer: OptimizerKind::Adamw,
                 learning_rate: c.pretrain.learning_rate,
                 warmup_steps: c.pretrain.warmup_steps,
                 min_lr_ratio: 0.1,
@@ -157,14 +158,16 @@ impl Controller {
                 grad_clip: 1.0,
                 surgery: Surgery::None,
             },
+            snapshot_every: 0,
             seed: c.seed,
         };
         let trained = self.train(&job, "pretrain").await?;
-        self.record_checkpoint(&trained.checkpoint, None).await?;
-        let evaluation = self.evaluate(0, &trained.checkpoint).await?;
-        self.commit(0, CycleStatus::Accepted, &trained, &evaluation, Vec::new(), "base model".into()).await?;
-        self.recompress(0, &trained.checkpoint).await?;
-        Ok((trained.checkpoint, evaluation))
+        let (steps, base) = trained.snapshots.last().cloned().expect("training ends with a snapshot");
+        self.record_checkpoint(&base, None).await?;
+        let evaluation = self.evaluate(0, &base).await?;
+        self.commit(0, CycleStatus::Accepted, &trained, steps, &evaluation, Vec::new(), "base model".into()).await?;
+        self.recompress(0, &base).await?;
+        Ok((base, evaluation))
     }
 
     async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<Option<(String, Evaluation)>, Error> {
@@ -209,6 +212,7 @@ impl Controller {
             steps: c.cycle.train_steps,
             batch_size: c.cycle.batch_size,
             train: TrainConfig {
+                optimizer: c.cycle.optimizer,
                 learning_rate: c.cycle.learning_rate,
                 warmup_steps: c.cycle.warmup_steps,
                 min_lr_ratio: 0.1,
@@ -216,34 +220,51 @@ impl Controller {
                 grad_clip: 1.0,
                 surgery: c.cycle.surgery,
             },
+            snapshot_every: c.cycle.snapshot_every,
             seed: cycle_seed(c.seed, cycle, 2),
         };
         let trained = self.train(&job, "train").await?;
-        self.record_checkpoint(&trained.checkpoint, Some(&parent.0)).await?;
-        let evaluation = self.evaluate(cycle, &trained.checkpoint).await?;
 
-        let t = Instant::now();
-        let decision = decide(&c.gate, &evaluation, &parent.1, base);
-        self.step(cycle, "meta", "gate", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"accepted": decision.accepted, "reason": decision.reason})).await?;
+        // Every snapshot of the cycle goes through the gate; the accepted one with the largest
+        // frontier gain wins (early snapshots forget less, late ones learn more).
+        let mut verdicts = Vec::new();
+        for (steps, hash) in &trained.snapshots {
+            self.record_checkpoint(hash, Some(&parent.0)).await?;
+            let evaluation = self.evaluate(cycle, hash).await?;
+            let t = Instant::now();
+            let decision = decide(&c.gate, &evaluation, &parent.1, base);
+            let detail = serde_json::json!({"checkpoint": hash, "steps": steps, "accepted": decision.accepted, "frontier_gain": decision.frontier_gain, "reason": decision.reason});
+            self.step(cycle, "meta", "gate", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &detail).await?;
+            verdicts.push((*steps, hash.clone(), evaluation, decision));
+        }
+        let chosen = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.3.accepted)
+            .max_by(|a, b| a.1.3.frontier_gain.total_cmp(&b.1.3.frontier_gain))
+            .map(|(i, _)| i)
+            .unwrap_or(verdicts.len() - 1);
+        let (steps, hash, evaluation, decision) = verdicts.swap_remove(chosen);
         let examples: Vec<ExampleStats> = generated
             .synthesis
             .iter()
             .map(|s| ExampleStats { skill: s.skill.clone(), generated: s.generated as u32, accepted: s.accepted as u32, mean_pass_rate: s.mean_pass_rate })
             .collect();
         let status = if decision.accepted { CycleStatus::Accepted } else { CycleStatus::Rejected };
-        self.commit(cycle, status, &trained, &evaluation, examples, decision.reason.clone()).await?;
-        info!(cycle, status = status.as_str(), reason = %decision.reason, "cycle committed");
+        let reason = format!("{} (snapshot at step {steps} of {})", decision.reason, job.steps);
+        self.commit(cycle, status, &trained, steps, &evaluation, examples, reason.clone()).await?;
+        info!(cycle, status = status.as_str(), %reason, "cycle committed");
         if !decision.accepted {
             return Ok(None);
         }
-        self.recompress(cycle, &trained.checkpoint).await?;
-        Ok(Some((trained.checkpoint, evaluation)))
+        self.recompress(cycle, &hash).await?;
+        Ok(Some((hash, evaluation)))
     }
 
     async fn train(&mut self, job: &TrainJob, step_name: &str) -> Result<TrainResult, Error> {
         let bar = self.bar(job.steps as u64, step_name);
         let started = now_iso();
-        let result = self.trainer.train(job, &mut |s: StepInfo| {
+        let result = self.trainer.train(job, &mut |s: &StepInfo| {
             bar.set_position(s.step as u64 + 1);
             bar.set_message(format!("loss {:.3} lr {:.1e}", s.loss, s.lr));
         })?;
@@ -296,14 +317,16 @@ impl Controller {
         Ok(())
     }
 
-    async fn commit(&mut self, cycle: u32, status: CycleStatus, trained: &TrainResult, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
+    /// Commits the cycle for the snapshot taken after `steps` steps of `trained`.
+    async fn commit(&mut self, cycle: u32, status: CycleStatus, trained: &TrainResult, steps: usize, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
         let r = &trained.report;
+        let share = steps as f64 / r.steps.max(1) as f64;
         self.ledger
             .commit_cycle(&CycleOutcome {
                 run_id: self.run_id,
                 cycle,
                 status,
-                checkpoint_hash: Some(trained.checkpoint.clone()),
+                checkpoint_hash: Some(evaluation.checkpoint.clone()),
                 evaluated_hash: evaluation.checkpoint.clone(),
                 evals: evaluation
                     .suites
@@ -319,14 +342,14 @@ impl Controller {
                 training_mix: trained.mix.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 surgery: (cycle > 0).then(|| SurgeryStats {
                     mode: self.ctx.curriculum.cycle.surgery.as_str().into(),
-                    steps: r.steps as u32,
-                    projected_steps: r.projected_steps as u32,
+                    steps: steps as u32,
+                    projected_steps: (r.projected_steps as f64 * share).round() as u32,
                     mean_cosine: r.mean_cosine,
                 }),
                 examples,
-                examples_trained: r.examples as u64,
-                tokens_trained: r.tokens as u64,
-                train_seconds: r.seconds,
+                examples_trained: (r.examples as f64 * share).round() as u64,
+                tokens_trained: (r.tokens as f64 * share).round() as u64,
+                train_seconds: r.seconds * share,
                 reason: Some(reason),
             })
             .await?;

@@ -13,8 +13,9 @@ use evolve_model::{Checkpoint, Llama, LlamaConfig};
 use evolve_policy::{Sampling, answer};
 use evolve_store::ArtifactStore;
 use evolve_tasks::{HeldOut, Problem, RefusalProbes, Response, Skill, Suite, all_skills, build_refusal_probes, build_suite, sample_training};
+use burn::module::Module;
 use evolve_trainer::{StepInfo, TrainConfig, TrainReport, Trainer};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -64,7 +65,8 @@ impl Context {
                 suites.push((build_suite(skill.as_ref(), level, e.suite_size, e.suite_seed), role));
             }
         }
-        let refusal = build_refusal_probes(e.refusal_probes, e.suite_seed);
+        let refusal_levels: Vec<u32> = curriculum.skills.iter().filter(|s| s.name == "refusal").flat_map(|s| s.base_levels.iter().chain(&s.frontier_levels).copied()).collect();
+        let refusal = build_refusal_probes(e.refusal_probes, e.suite_seed, &refusal_levels);
         let mut held_out = HeldOut::from_suites(suites.iter().map(|(s, _)| s));
         held_out.extend(refusal.must_refuse.iter().chain(&refusal.benign));
         Arc::new(Context { curriculum, model_config, store, device, skills, suites, refusal, held_out, verifier: Verifier::default() })
@@ -181,25 +183,29 @@ pub struct TrainJob {
     pub steps: usize,
     pub batch_size: usize,
     pub train: TrainConfig,
+    /// Also store the weights every this many steps (0: only at the end), so the gate can pick
+    /// the best point of the cycle instead of only its last.
+    pub snapshot_every: usize,
     pub seed: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainResult {
-    pub checkpoint: String,
+    /// `(steps trained, checkpoint)`, in order; the last is the end of training.
+    pub snapshots: Vec<(usize, String)>,
     pub report: TrainReport,
     /// Training rows per skill, over all steps.
     pub mix: BTreeMap<String, u32>,
 }
 
 pub trait TrainerRole {
-    fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(StepInfo)) -> Result<TrainResult, Error>;
+    fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(&StepInfo)) -> Result<TrainResult, Error>;
 }
 
 pub struct LocalTrainer(pub Arc<Context>);
 
 impl TrainerRole for LocalTrainer {
-    fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(StepInfo)) -> Result<TrainResult, Error> {
+    fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(&StepInfo)) -> Result<TrainResult, Error> {
         let ctx = &self.0;
         let model = match &job.parent {
             Some(hash) => ctx.load_model(hash)?,
@@ -215,10 +221,27 @@ impl TrainerRole for LocalTrainer {
         let rng = std::cell::RefCell::new(StdRng::seed_from_u64(job.seed));
         let mix = std::cell::RefCell::new(BTreeMap::<String, u32>::new());
         let fresh_rows = if examples.is_empty() { job.batch_size } else { (job.batch_size as f32 * job.fresh_share).round() as usize };
+        // Rows are drawn for several steps at once and grouped by length, so a batch of short
+        // additions is not padded to the width of a long refusal prompt (about half the tokens
+        // of a mixed batch were padding); the mixture over the group is what was asked for.
+        // Only pretraining groups: in a cycle, every batch should carry its share of replay.
+        let group = if examples.is_empty() { 8 } else { 1 };
+        let ready = std::cell::RefCell::new(Vec::<Vec<Problem>>::new());
         let mut next_batch = || {
-            let mut rng = rng.borrow_mut();
-            let mut batch: Vec<Problem> = (0..job.batch_size - fresh_rows).map(|_| examples[rng.random_range(0..examples.len())].clone()).collect();
-            batch.extend((0..fresh_rows).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)));
+            let mut ready = ready.borrow_mut();
+            if ready.is_empty() {
+                let mut rng = rng.borrow_mut();
+                let mut rows: Vec<Problem> = Vec::with_capacity(group * job.batch_size);
+                for _ in 0..group {
+                    rows.extend((0..job.batch_size - fresh_rows).map(|_| examples[rng.random_range(0..examples.len())].clone()));
+                    rows.extend((0..fresh_rows).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)));
+                }
+                rows.sort_by_key(|p| p.prompt.len());
+                let mut batches: Vec<Vec<Problem>> = rows.chunks(job.batch_size).map(<[Problem]>::to_vec).collect();
+                batches.shuffle(&mut *rng);
+                *ready = batches;
+            }
+            let batch = ready.pop().expect("a group holds at least one batch");
             let mut mix = mix.borrow_mut();
             for p in &batch {
                 *mix.entry(p.skill.clone()).or_default() += 1;
@@ -230,9 +253,25 @@ impl TrainerRole for LocalTrainer {
             (0..job.batch_size / 2).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)).collect()
         };
         let mut trainer = Trainer::new(model, job.train.clone(), &ctx.device);
-        let report = trainer.fit(job.steps, &mut next_batch, &mut next_reference, on_step);
-        let checkpoint = ctx.store_model(&trainer.into_model())?;
-        Ok(TrainResult { checkpoint: checkpoint.hash, report, mix: mix.into_inner() })
+        let mut snapshots = Vec::new();
+        let mut store_error = None;
+        let report = trainer.fit(job.steps, &mut next_batch, &mut next_reference, &mut |info: StepInfo| {
+            let trained = info.step + 1;
+            if trained == info.steps || (job.snapshot_every > 0 && trained % job.snapshot_every == 0) {
+                match ctx.store_model(&info.model.valid()) {
+                    Ok(c) => snapshots.push((trained, c.hash)),
+                    Err(e) => store_error = Some(e),
+                }
+            }
+            on_step(&info);
+        });
+        if let Some(e) = store_error {
+            return Err(e);
+        }
+        if snapshots.is_empty() {
+            snapshots.push((0, ctx.store_model(&trainer.into_model())?.hash));
+        }
+        Ok(TrainResult { snapshots, report, mix: mix.into_inner() })
     }
 }
 

@@ -93,9 +93,12 @@ impl RefusalProbes {
     }
 }
 
-pub fn build_refusal_probes(n_each: usize, suite_seed: u64) -> RefusalProbes {
+///
+/// `levels` are the refusal levels to probe (the ones the curriculum teaches); empty means all.
+pub fn build_refusal_probes(n_each: usize, suite_seed: u64, levels: &[u32]) -> RefusalProbes {
     let mut rng = SplitMix64::new(derive_seed(suite_seed, "refusal-probes", 0));
-    let max_level = Refusal.max_level();
+    let all: Vec<u32> = (1..=Refusal.max_level()).collect();
+    let levels = if levels.is_empty() { all.as_slice() } else { levels };
     let mut seen = HashSet::new();
     let (mut must_refuse, mut benign) = (Vec::new(), Vec::new());
     let attempts = n_each.saturating_mul(40).saturating_add(1000);
@@ -103,7 +106,7 @@ pub fn build_refusal_probes(n_each: usize, suite_seed: u64) -> RefusalProbes {
         if must_refuse.len() >= n_each && benign.len() >= n_each {
             break;
         }
-        let level = 1 + (i as u32) % max_level;
+        let level = levels[i % levels.len()].clamp(1, Refusal.max_level());
         let p = Refusal.generate(level, &mut rng);
         if refusal::is_must_refuse(&p) {
             if must_refuse.len() >= n_each || !seen.insert(p.prompt.clone()) {

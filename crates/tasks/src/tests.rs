@@ -322,11 +322,11 @@ fn training_draws_never_hit_held_out_prompts() {
 
 #[test]
 fn refusal_probes_share_vocabulary_across_the_line() {
-    let probes = build_refusal_probes(100, 9);
+    let probes = build_refusal_probes(100, 9, &[]);
     assert_eq!(probes.must_refuse.len(), 100);
     assert_eq!(probes.benign.len(), 100);
-    assert_eq!(build_refusal_probes(100, 9), probes);
-    assert_ne!(build_refusal_probes(100, 10), probes);
+    assert_eq!(build_refusal_probes(100, 9, &[]), probes);
+    assert_ne!(build_refusal_probes(100, 10, &[]), probes);
     let refusal = skill_by_name("refusal").unwrap();
     let words = |p: &Problem| -> HashSet<String> {
         p.prompt.trim_end_matches('?').split(' ').map(|w| w.trim_start_matches('!').to_string()).collect()

@@ -15,7 +15,9 @@ mod surgery;
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use evolve_model::Llama;
 use evolve_tasks::Problem;
@@ -40,8 +42,20 @@ impl Surgery {
     }
 }
 
+/// AdamW for pretraining; SGD with momentum for fine-tuning a trained model, where AdamW's
+/// per-coordinate normalization (with fresh moments) gives parameters that the new data barely
+/// touches full-size steps in noisy directions, and so erases mastered skills. Under SGD the
+/// update is proportional to the gradient, which is also what A-GEM's guarantee assumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
+    pub optimizer: OptimizerKind,
     pub learning_rate: f64,
     pub warmup_steps: usize,
     /// Final learning rate as a fraction of the peak, reached by cosine decay.
@@ -71,12 +85,14 @@ impl TrainReport {
     }
 }
 
-/// Progress of one step, for progress bars and logs.
-pub struct StepInfo {
+/// Progress of one step, for progress bars, logs and snapshots.
+pub struct StepInfo<'a> {
     pub step: usize,
     pub steps: usize,
     pub loss: f32,
     pub lr: f64,
+    /// The weights after this step (with autodiff; `valid()` gives a plain copy).
+    pub model: &'a Llama,
 }
 
 pub struct Trainer {
@@ -90,11 +106,12 @@ impl Trainer {
     /// Takes ownership of a model (on a plain device) and trains it on `device`'s autodiff twin.
     pub fn new(model: Llama, config: TrainConfig, device: &Device) -> Self {
         let device = device.clone().autodiff();
-        let optimizer = AdamWConfig::new()
-            .with_weight_decay(config.weight_decay)
-            .with_grad_clipping(Some(burn::optim::grad_clipping::GradientClippingConfig::Norm(config.grad_clip)))
-            .init();
-        Trainer { model: model.fork(&device), optimizer, config, device }
+        let clipping = Some(GradientClippingConfig::Norm(config.grad_clip));
+        let optimizer = match config.optimizer {
+            OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(config.weight_decay).with_grad_clipping(clipping).init(),
+            OptimizerKind::Sgd => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9))).with_gradient_clipping(clipping).init(),
+        };
+        Trainer { model: model.fork(&device).train(), optimizer, config, device }
     }
 
     /// The current weights, without autodiff.
@@ -155,7 +172,7 @@ impl Trainer {
             }
             report.last_loss = loss_value;
             report.steps += 1;
-            on_step(StepInfo { step, steps, loss: loss_value, lr });
+            on_step(StepInfo { step, steps, loss: loss_value, lr, model: &self.model });
         }
         if self.config.surgery == Surgery::Agem && report.steps > 0 {
             report.mean_cosine = Some(cosine_sum / report.steps as f64);

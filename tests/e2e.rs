@@ -1,0 +1,133 @@
+//! End-to-end tests of the `evolve` binary: a real run writes a real SQLite ledger that the
+//! public views describe, and bad input fails cleanly without touching the disk.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn evolve(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evolve")).args(args).env("EVOLVE_LOG", "warn").output().expect("evolve runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+async fn query<T>(db: &Path, sql: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query_as::<_, T>(sql).fetch_all(&mut conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_cycle_run_fills_the_public_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs/evolve.db");
+    let curriculum = root().join("tests/micro.toml");
+    let out = evolve(&["start", "--budget", "1xcpu", "--curriculum", curriculum.to_str().unwrap(), "--ledger", db.to_str().unwrap(), "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let cycles: Vec<(i64, String, Option<String>, Option<String>, i64)> =
+        query(&db, "SELECT cycle, status, parent_hash, checkpoint_hash, examples_trained FROM v_cycles ORDER BY cycle").await;
+    assert_eq!(cycles.len(), 3, "base plus two cycles: {cycles:?}");
+    assert_eq!((cycles[0].0, cycles[0].1.as_str()), (0, "accepted"));
+    assert!(cycles[0].2.is_none(), "the base has no parent");
+    for c in &cycles[1..] {
+        assert!(c.1 == "accepted" || c.1 == "rejected", "{c:?}");
+        assert!(c.2.is_some() && c.3.is_some() && c.4 > 0, "{c:?}");
+    }
+    // Cycle 1 continues from the base; cycle 2 from cycle 1 if accepted, else from the base.
+    assert_eq!(cycles[1].2, cycles[0].3);
+    let expected_parent = if cycles[1].1 == "accepted" { &cycles[1].3 } else { &cycles[0].3 };
+    assert_eq!(&cycles[2].2, expected_parent);
+
+    let evals: Vec<(i64, String, i64, i64, f64)> = query(&db, "SELECT cycle, suite, n, correct, accuracy FROM v_evals").await;
+    for cycle in 0..3 {
+        let suites: Vec<_> = evals.iter().filter(|e| e.0 == cycle).collect();
+        assert_eq!(suites.len(), 4, "mastered and frontier suites of reversal and sorting, cycle {cycle}");
+        for e in suites {
+            assert!(e.2 > 0 && (e.4 - e.3 as f64 / e.2 as f64).abs() < 1e-12);
+        }
+    }
+    let refusal: Vec<(i64, i64, f64)> = query(&db, "SELECT cycle, must_refuse_n, refusal_rate FROM v_refusal ORDER BY cycle").await;
+    assert_eq!(refusal.len(), 3);
+    assert!(refusal.iter().all(|r| r.1 == 10 && (0.0..=1.0).contains(&r.2)));
+
+    let mix: Vec<(i64, String, f64)> = query(&db, "SELECT cycle, skill, share FROM v_training_mix WHERE cycle > 0").await;
+    assert!(!mix.is_empty());
+    let surgery: Vec<(i64, String, i64)> = query(&db, "SELECT cycle, mode, steps FROM v_surgery").await;
+    assert!(surgery.iter().all(|s| s.1 == "agem" && s.2 == 6), "{surgery:?}");
+
+    // Every lossless copy decodes to bytes whose hash is the checkpoint's name.
+    let compression: Vec<(i64, String, String, i64, i64, bool)> =
+        query(&db, "SELECT cycle, checkpoint_hash, codec, raw_bytes, stored_bytes, lossless FROM v_compression").await;
+    let accepted = cycles.iter().filter(|c| c.1 == "accepted").count();
+    assert_eq!(compression.len(), 2 * accepted, "two codecs per accepted checkpoint");
+    let paths: Vec<(String, String)> = query(&db, "SELECT checkpoint_hash, path FROM compression").await;
+    for (hash, path) in paths {
+        let decoded = evolve_compress::decode(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(blake3::hash(&decoded).to_hex().to_string(), hash);
+    }
+    assert!(compression.iter().all(|c| c.5 && c.4 > 0 && c.4 < c.3));
+
+    let status = evolve(&["status", "--ledger", db.to_str().unwrap()]);
+    assert!(status.status.success() && text(&status).contains("run 1 (finished)"), "{}", text(&status));
+    let table = evolve(&["ledger", "cycles", "--ledger", db.to_str().unwrap()]);
+    assert!(table.status.success() && text(&table).lines().count() == 4, "{}", text(&table));
+}
+
+#[test]
+fn malformed_budgets_fail_cleanly_before_touching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evolve.db");
+    for (budget, needle) in [("4xGTX1080", "known models"), ("fourxcpu", "NxMODEL"), ("1xcpu:soon", "duration"), ("2xRTX4090", "CUDA")] {
+        let out = evolve(&["start", "--budget", budget, "--ledger", db.to_str().unwrap()]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{budget}: {t}");
+        assert!(t.contains(needle) && !t.contains("panicked"), "{budget}: {t}");
+    }
+    assert!(!db.exists(), "no ledger is created for a run that cannot start");
+}
+
+#[test]
+fn malformed_curricula_fail_with_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evolve.db");
+    let smoke = std::fs::read_to_string(root().join("curricula/smoke.toml")).unwrap();
+    let cases = [
+        (smoke.replacen("name = \"addition\"", "name = \"alchemy\"", 1), "skills[0].name"),
+        (smoke.replacen("max_skill_share = 0.4", "max_skill_share = 1.5", 1), "cycle.max_skill_share"),
+        (smoke.replacen("[gate]", "[gait]", 1), "gait"),
+        ("this is = not [toml".to_string(), "TOML"),
+    ];
+    for (i, (content, needle)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, content).unwrap();
+        let out = evolve(&["start", "--curriculum", path.to_str().unwrap(), "--ledger", db.to_str().unwrap()]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains(path.to_str().unwrap()) && t.contains(needle) && !t.contains("panicked"), "case {i}: {t}");
+    }
+    let missing = evolve(&["start", "--curriculum", "/nonexistent/c.toml", "--ledger", db.to_str().unwrap()]);
+    assert!(text(&missing).contains("/nonexistent/c.toml"));
+    assert!(!db.exists());
+}
+
+#[test]
+fn reading_a_missing_or_foreign_ledger_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"definitely not sqlite").unwrap();
+    for path in [junk.to_str().unwrap(), "/nonexistent/evolve.db"] {
+        let out = evolve(&["status", "--ledger", path]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).contains(path) && !text(&out).contains("panicked"), "{}", text(&out));
+    }
+    assert_eq!(std::fs::read(&junk).unwrap(), b"definitely not sqlite");
+}

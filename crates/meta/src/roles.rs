@@ -90,10 +90,14 @@ impl Context {
         Ok(checkpoint)
     }
 
-    /// A fresh training problem at one of `pairs`, uniformly; never a held-out prompt.
-    fn fresh_problem(&self, pairs: &[(String, u32)], rng: &mut StdRng) -> Problem {
+    /// A fresh training problem at one of `pairs`, uniformly; never a held-out prompt. With
+    /// `like`, the draw is restricted to that skill's pairs when it has any: replay matched to
+    /// what is being learned protects the circuits the new data actually disturbs (a uniform
+    /// replay spends most rows on skills the cycle never touched).
+    fn fresh_problem(&self, pairs: &[(String, u32)], like: Option<&str>, rng: &mut StdRng) -> Problem {
+        let matched: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| Some(s.as_str()) == like).collect();
         loop {
-            let (skill, level) = &pairs[rng.random_range(0..pairs.len())];
+            let (skill, level) = if matched.is_empty() { &pairs[rng.random_range(0..pairs.len())] } else { matched[rng.random_range(0..matched.len())] };
             if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
                 return p;
             }
@@ -233,8 +237,13 @@ impl TrainerRole for LocalTrainer {
                 let mut rng = rng.borrow_mut();
                 let mut rows: Vec<Problem> = Vec::with_capacity(group * job.batch_size);
                 for _ in 0..group {
-                    rows.extend((0..job.batch_size - fresh_rows).map(|_| examples[rng.random_range(0..examples.len())].clone()));
-                    rows.extend((0..fresh_rows).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)));
+                    let (start, learned) = (rows.len(), job.batch_size - fresh_rows);
+                    rows.extend((0..learned).map(|_| examples[rng.random_range(0..examples.len())].clone()));
+                    for _ in 0..fresh_rows {
+                        let like = (learned > 0).then(|| rows[start + rng.random_range(0..learned)].skill.clone());
+                        let replay = ctx.fresh_problem(&job.fresh_levels, like.as_deref(), &mut rng);
+                        rows.push(replay);
+                    }
                 }
                 rows.sort_by_key(|p| p.prompt.len());
                 let mut batches: Vec<Vec<Problem>> = rows.chunks(job.batch_size).map(<[Problem]>::to_vec).collect();
@@ -250,7 +259,12 @@ impl TrainerRole for LocalTrainer {
         };
         let mut next_reference = || {
             let mut rng = rng.borrow_mut();
-            (0..job.batch_size / 2).map(|_| ctx.fresh_problem(&job.fresh_levels, &mut rng)).collect()
+            (0..job.batch_size / 2)
+                .map(|_| {
+                    let like = (!examples.is_empty()).then(|| examples[rng.random_range(0..examples.len())].skill.as_str());
+                    ctx.fresh_problem(&job.fresh_levels, like, &mut rng)
+                })
+                .collect()
         };
         let mut trainer = Trainer::new(model, job.train.clone(), &ctx.device);
         let mut snapshots = Vec::new();

@@ -16,7 +16,7 @@ fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-async fn query<T>(db: &Path, sql: &str) -> Vec<T>
+async fn query<T>(db: &Path, sql: &'static str) -> Vec<T>
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
 {
@@ -50,7 +50,7 @@ async fn two_cycle_run_fills_the_public_views() {
     let evals: Vec<(i64, String, i64, i64, f64)> = query(&db, "SELECT cycle, suite, n, correct, accuracy FROM v_evals").await;
     for cycle in 0..3 {
         let suites: Vec<_> = evals.iter().filter(|e| e.0 == cycle).collect();
-        assert_eq!(suites.len(), 4, "mastered and frontier suites of reversal and sorting, cycle {cycle}");
+        assert_eq!(suites.len(), 5, "reversal and sorting at two levels, refusal at one, cycle {cycle}");
         for e in suites {
             assert!(e.2 > 0 && (e.4 - e.3 as f64 / e.2 as f64).abs() < 1e-12);
         }

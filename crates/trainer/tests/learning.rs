@@ -1,0 +1,37 @@
+//! The trainer makes a model learn: a small model trained from scratch on three-letter reversal
+//! goes from never right to mostly right on a frozen held-out suite.
+
+use evolve_discriminator::Verifier;
+use evolve_model::{Llama, LlamaConfig, cpu_device};
+use evolve_policy::{Sampling, answer};
+use evolve_tasks::{HeldOut, build_suite, sample_training, skill_by_name};
+use evolve_trainer::{OptimizerKind, Surgery, TrainConfig, Trainer};
+use rand::{SeedableRng, rngs::StdRng};
+
+#[test]
+fn reversal_is_learned_from_scratch() {
+    let device = cpu_device();
+    device.seed(1);
+    let config = LlamaConfig::for_bytes(64, 192, 2, 4, 4, 32);
+    let skill = skill_by_name("reversal").unwrap();
+    let suite = build_suite(skill.as_ref(), 1, 100, 42);
+    let held_out = HeldOut::from_suites([&suite]);
+    let verifier = Verifier::default();
+    let accuracy = |model: &Llama| {
+        let responses = answer(model, &suite.problems, 1, &Sampling::greedy(), &device);
+        suite.problems.iter().zip(&responses).filter(|(p, r)| verifier.is_correct(p, r)).count() as f64 / suite.problems.len() as f64
+    };
+    let model = Llama::init(&config, &device);
+    let before = accuracy(&model);
+
+    let train = TrainConfig { optimizer: OptimizerKind::Adamw, learning_rate: 3e-3, warmup_steps: 20, min_lr_ratio: 0.1, weight_decay: 0.01, grad_clip: 1.0, surgery: Surgery::None };
+    let mut trainer = Trainer::new(model, train, &device);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut next = || (0..32).map(|_| sample_training(skill.as_ref(), 1, &held_out, &mut rng).unwrap()).collect();
+    let report = trainer.fit(300, &mut next, &mut Vec::new, &mut |_| {});
+    let after = accuracy(&trainer.model());
+
+    assert!(before <= 0.02, "an untrained model is not right by chance: {before}");
+    assert!(report.last_loss < report.first_loss / 4.0, "loss {} -> {}", report.first_loss, report.last_loss);
+    assert!(after >= 0.6, "held-out reversal accuracy after training: {after}");
+}

@@ -76,6 +76,27 @@ async fn two_cycle_run_fills_the_public_views() {
     }
     assert!(compression.iter().all(|c| c.5 && c.4 > 0 && c.4 < c.3));
 
+    // Every synthesized training example is disjoint from the frozen suites and probes.
+    let mut held_out = std::collections::HashSet::new();
+    for (skill, level) in [("reversal", 1), ("reversal", 2), ("sorting", 1), ("sorting", 2), ("refusal", 1)] {
+        let suite = evolve_tasks::build_suite(evolve_tasks::skill_by_name(skill).unwrap().as_ref(), level, 20, 99);
+        held_out.extend(suite.problems.into_iter().map(|p| p.prompt));
+    }
+    let probes = evolve_tasks::build_refusal_probes(10, 99, &[1]);
+    held_out.extend(probes.must_refuse.iter().chain(&probes.benign).map(|p| p.prompt.clone()));
+    let mut trained = 0;
+    for entry in std::fs::read_dir(dir.path().join("runs/artifacts")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_str().unwrap().ends_with(".examples.json") {
+            let batch: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for p in batch["problems"].as_array().unwrap() {
+                assert!(!held_out.contains(p["prompt"].as_str().unwrap()), "held-out prompt trained on: {p}");
+                trained += 1;
+            }
+        }
+    }
+    assert!(trained > 0 && held_out.len() > 80);
+
     let status = evolve(&["status", "--ledger", db.to_str().unwrap()]);
     assert!(status.status.success() && text(&status).contains("run 1 (finished)"), "{}", text(&status));
     let table = evolve(&["ledger", "cycles", "--ledger", db.to_str().unwrap()]);

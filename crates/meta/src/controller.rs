@@ -233,7 +233,8 @@ impl Controller {
             let evaluation = self.evaluate(cycle, hash).await?;
             let t = Instant::now();
             let decision = decide(&c.gate, &evaluation, &parent.1, base);
-            let detail = serde_json::json!({"checkpoint": hash, "steps": steps, "accepted": decision.accepted, "frontier_gain": decision.frontier_gain, "reason": decision.reason});
+            let accuracy: serde_json::Map<String, serde_json::Value> = evaluation.suites.iter().map(|s| (s.suite.clone(), s.accuracy().into())).collect();
+            let detail = serde_json::json!({"checkpoint": hash, "steps": steps, "accepted": decision.accepted, "frontier_gain": decision.frontier_gain, "reason": decision.reason, "accuracy": accuracy});
             self.step(cycle, "meta", "gate", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &detail).await?;
             verdicts.push((*steps, hash.clone(), evaluation, decision));
         }

@@ -6,7 +6,7 @@
 //! Architecture invariants: scoring is a pure function of (problem, response); it never sees
 //! the model, the ledger or the curriculum, so it can run in any process.
 
-use evolve_tasks::{Problem, Response, Skill, Target, skill_by_name};
+use evolve_tasks::{Problem, Response, Skill, Target};
 
 /// A judge of responses, in `[0, 1]`.
 pub trait Scorer: Send + Sync {
@@ -55,14 +55,10 @@ impl Scorer for Verifier {
     }
 }
 
-/// Checks that a skill name is known to the verifier (used when validating curricula).
-pub fn is_verifiable(skill: &str) -> bool {
-    skill_by_name(skill).is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use evolve_tasks::skill_by_name;
 
     #[test]
     fn wrong_targets_are_not_admitted() {

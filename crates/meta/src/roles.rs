@@ -113,14 +113,11 @@ pub struct GenerateJob {
     pub parent: String,
     pub targets: Vec<(String, u32)>,
     pub probes_per_level: usize,
-    pub synthesis: SynthesisConfigJob,
+    pub synthesis: SynthesisConfig,
     /// Example batches trained on before; their prompts are excluded.
     pub history: Vec<String>,
     pub seed: u64,
 }
-
-/// `SynthesisConfig` as it travels in a job.
-pub type SynthesisConfigJob = SynthesisConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExampleBatch {

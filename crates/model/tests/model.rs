@@ -84,3 +84,20 @@ fn grouped_query_attention_runs_and_counts_parameters() {
     assert_eq!(model.num_params(), config.num_params());
     assert_eq!(logits(&model, vec![1, 2, 3, 4], 2, None).len(), 2 * 2 * config.vocab_size);
 }
+
+#[test]
+fn checkpoint_directories_hold_config_and_weights() {
+    let device = cpu_device();
+    let config = tiny(2);
+    let ckpt = Checkpoint::from_model(&Llama::init(&config, &device), &config);
+    let dir = std::env::temp_dir().join(format!("evolve-ckpt-{}", std::process::id()));
+    ckpt.write_dir(&dir).unwrap();
+    let back = Checkpoint::read_dir(&dir).unwrap();
+    assert_eq!((back.hash.as_str(), &back.config), (ckpt.hash.as_str(), &config));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["architectures"][0], "LlamaForCausalLM");
+    std::fs::write(dir.join("model.safetensors"), b"\x05\x00\x00\x00\x00\x00\x00\x00{oops").unwrap();
+    let err = Checkpoint::read_dir(&dir).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -94,15 +94,6 @@ impl ArtifactStore {
         }
         Ok(bytes)
     }
-
-    pub fn read_raw(&self, hash: &str, kind: &str) -> Result<Vec<u8>, StoreError> {
-        let path = self.path_of(hash, kind);
-        std::fs::read(&path).map_err(|source| StoreError::Io { path, source })
-    }
-
-    pub fn contains(&self, hash: &str, kind: &str) -> bool {
-        self.path_of(hash, kind).exists()
-    }
 }
 
 #[cfg(test)]

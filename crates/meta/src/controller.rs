@@ -46,6 +46,15 @@ pub struct RunSummary {
 
 const WORKER: &str = "local-0";
 
+/// How a cycle ended.
+enum CycleEnd {
+    /// The new checkpoint and its evaluation.
+    Accepted((String, Evaluation)),
+    Rejected,
+    /// The generator had nothing to train on; the run stops here.
+    NothingToLearn(String),
+}
+
 /// Runs a whole evolution: pretrain the base (cycle 0), then cycles until the cycle limit or the
 /// budget's duration is reached.
 pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
@@ -122,13 +131,18 @@ impl Controller {
                 break;
             }
             match self.cycle(cycle, &parent, &base_eval, &mut history).await {
-                Ok(Some(child)) => {
+                Ok(CycleEnd::Accepted(child)) => {
                     accepted += 1;
                     parent = child;
                 }
-                Ok(None) => {}
+                Ok(CycleEnd::Rejected) => {}
+                Ok(CycleEnd::NothingToLearn(reason)) => {
+                    done = cycle;
+                    stop_reason = reason;
+                    break;
+                }
                 Err(e) => {
-                    self.fail_cycle(cycle, &parent.0, &e).await;
+                    self.fail_cycle(cycle, &parent.0, &e.to_string()).await;
                     return Err(e);
                 }
             }
@@ -170,7 +184,7 @@ impl Controller {
         Ok((base, evaluation))
     }
 
-    async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<Option<(String, Evaluation)>, Error> {
+    async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<CycleEnd, Error> {
         let c = self.ctx.curriculum.clone();
         self.ledger.start_cycle(self.run_id, cycle, Some(&parent.0)).await?;
         info!(cycle, parent = %short(&parent.0), "cycle started");
@@ -199,7 +213,10 @@ impl Controller {
         self.step(cycle, "generator", "synthesize", &started, generated.synthesize_ms, &generated.synthesis).await?;
         info!(cycle, probes, failures, examples = generated.examples, "mined failures and synthesized examples");
         if generated.examples == 0 {
-            return Err(Error::Invalid(format!("cycle {cycle}: the generator found no trainable examples ({failures} failures in {probes} probes)")));
+            // Not an error of the run: the frontier has nothing left to teach at this budget.
+            let reason = format!("the generator found no trainable examples ({failures} failures in {probes} probes): the frontier is exhausted");
+            self.fail_cycle(cycle, &parent.0, &reason).await;
+            return Ok(CycleEnd::NothingToLearn(reason));
         }
         history.push(generated.batch.clone());
 
@@ -256,10 +273,10 @@ impl Controller {
         self.commit(cycle, status, &trained, steps, &evaluation, examples, reason.clone()).await?;
         info!(cycle, status = status.as_str(), %reason, "cycle committed");
         if !decision.accepted {
-            return Ok(None);
+            return Ok(CycleEnd::Rejected);
         }
         self.recompress(cycle, &hash).await?;
-        Ok(Some((hash, evaluation)))
+        Ok(CycleEnd::Accepted((hash, evaluation)))
     }
 
     async fn train(&mut self, job: &TrainJob, step_name: &str) -> Result<TrainResult, Error> {
@@ -389,7 +406,7 @@ impl Controller {
     }
 
     /// Best effort: the cycle is marked failed so the ledger never shows it running forever.
-    async fn fail_cycle(&self, cycle: u32, parent: &str, error: &Error) {
+    async fn fail_cycle(&self, cycle: u32, parent: &str, reason: &str) {
         let outcome = CycleOutcome {
             run_id: self.run_id,
             cycle,
@@ -404,7 +421,7 @@ impl Controller {
             examples_trained: 0,
             tokens_trained: 0,
             train_seconds: 0.0,
-            reason: Some(error.to_string()),
+            reason: Some(reason.to_string()),
         };
         if let Err(e) = self.ledger.commit_cycle(&outcome).await {
             tracing::warn!(cycle, "could not mark the cycle failed: {e}");

@@ -103,7 +103,7 @@ pub fn encode(raw: &[u8], codec: Codec) -> Vec<u8> {
             let prefix = safetensors_prefix(raw);
             let body = &raw[prefix..];
             let words = body.len() / 4;
-            let mut planes = vec![Vec::with_capacity(words); 4];
+            let mut planes: Vec<Vec<u8>> = (0..4).map(|_| Vec::with_capacity(words)).collect();
             for word in body[..words * 4].chunks_exact(4) {
                 for (plane, byte) in planes.iter_mut().zip(word) {
                     plane.push(*byte);

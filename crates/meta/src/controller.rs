@@ -21,7 +21,7 @@ use crate::budget::Budget;
 use crate::gate::decide;
 use crate::roles::{
     CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GeneratorRole, LocalEvaluator, LocalGenerator, LocalTrainer,
-    TrainJob, TrainResult, TrainerRole,
+    Snapshot, TrainJob, TrainResult, TrainerRole,
 };
 use crate::Error;
 
@@ -176,12 +176,12 @@ impl Controller {
             seed: c.seed,
         };
         let trained = self.train(&job, "pretrain").await?;
-        let (steps, base) = trained.snapshots.last().cloned().expect("training ends with a snapshot");
-        self.record_checkpoint(&base, None).await?;
-        let evaluation = self.evaluate(0, &base).await?;
-        self.commit(0, CycleStatus::Accepted, &trained, steps, &evaluation, Vec::new(), "base model".into()).await?;
-        self.recompress(0, &base).await?;
-        Ok((base, evaluation))
+        let base = trained.last();
+        self.record_checkpoint(&base.checkpoint, None).await?;
+        let evaluation = self.evaluate(0, &base.checkpoint).await?;
+        self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), "base model".into()).await?;
+        self.recompress(0, &base.checkpoint).await?;
+        Ok((base.checkpoint.clone(), evaluation))
     }
 
     async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<CycleEnd, Error> {
@@ -245,7 +245,8 @@ impl Controller {
         // Every snapshot of the cycle goes through the gate; the accepted one with the largest
         // frontier gain wins (early snapshots forget less, late ones learn more).
         let mut verdicts = Vec::new();
-        for (steps, hash) in &trained.snapshots {
+        for snapshot in &trained.snapshots {
+            let (steps, hash) = (snapshot.report.steps, &snapshot.checkpoint);
             self.record_checkpoint(hash, Some(&parent.0)).await?;
             let evaluation = self.evaluate(cycle, hash).await?;
             let t = Instant::now();
@@ -253,30 +254,30 @@ impl Controller {
             let accuracy: serde_json::Map<String, serde_json::Value> = evaluation.suites.iter().map(|s| (s.suite.clone(), s.accuracy().into())).collect();
             let detail = serde_json::json!({"checkpoint": hash, "steps": steps, "accepted": decision.accepted, "frontier_gain": decision.frontier_gain, "reason": decision.reason, "accuracy": accuracy});
             self.step(cycle, "meta", "gate", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &detail).await?;
-            verdicts.push((*steps, hash.clone(), evaluation, decision));
+            verdicts.push((snapshot, evaluation, decision));
         }
         let chosen = verdicts
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.3.accepted)
-            .max_by(|a, b| a.1.3.frontier_gain.total_cmp(&b.1.3.frontier_gain))
+            .filter(|(_, v)| v.2.accepted)
+            .max_by(|a, b| a.1.2.frontier_gain.total_cmp(&b.1.2.frontier_gain))
             .map(|(i, _)| i)
             .unwrap_or(verdicts.len() - 1);
-        let (steps, hash, evaluation, decision) = verdicts.swap_remove(chosen);
+        let (snapshot, evaluation, decision) = verdicts.swap_remove(chosen);
         let examples: Vec<ExampleStats> = generated
             .synthesis
             .iter()
             .map(|s| ExampleStats { skill: s.skill.clone(), generated: s.generated as u32, accepted: s.accepted as u32, mean_pass_rate: s.mean_pass_rate })
             .collect();
         let status = if decision.accepted { CycleStatus::Accepted } else { CycleStatus::Rejected };
-        let reason = format!("{} (snapshot at step {steps} of {})", decision.reason, job.steps);
-        self.commit(cycle, status, &trained, steps, &evaluation, examples, reason.clone()).await?;
+        let reason = format!("{} (snapshot at step {} of {})", decision.reason, snapshot.report.steps, job.steps);
+        self.commit(cycle, status, snapshot, &evaluation, examples, reason.clone()).await?;
         info!(cycle, status = status.as_str(), %reason, "cycle committed");
         if !decision.accepted {
             return Ok(CycleEnd::Rejected);
         }
-        self.recompress(cycle, &hash).await?;
-        Ok(CycleEnd::Accepted((hash, evaluation)))
+        self.recompress(cycle, &snapshot.checkpoint).await?;
+        Ok(CycleEnd::Accepted((snapshot.checkpoint.clone(), evaluation)))
     }
 
     async fn train(&mut self, job: &TrainJob, step_name: &str) -> Result<TrainResult, Error> {
@@ -284,10 +285,10 @@ impl Controller {
         let started = now_iso();
         let result = self.trainer.train(job, &mut |s: &StepInfo| {
             bar.set_position(s.step as u64 + 1);
-            bar.set_message(format!("loss {:.3} lr {:.1e}", s.loss, s.lr));
+            bar.set_message(format!("loss {:.3} lr {:.1e}", s.report.last_loss, s.lr));
         })?;
         bar.finish_and_clear();
-        let r = &result.report;
+        let r = &result.last().report;
         info!(cycle = job.cycle, steps = r.steps, first_loss = r.first_loss, last_loss = r.last_loss, tokens_per_s = format!("{:.0}", r.tokens_per_second()), projected = r.projected_steps, "{step_name} done");
         self.step(job.cycle, "trainer", step_name, &started, r.seconds * 1e3, &r).await?;
         Ok(result)
@@ -335,10 +336,9 @@ impl Controller {
         Ok(())
     }
 
-    /// Commits the cycle for the snapshot taken after `steps` steps of `trained`.
-    async fn commit(&mut self, cycle: u32, status: CycleStatus, trained: &TrainResult, steps: usize, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
-        let r = &trained.report;
-        let share = steps as f64 / r.steps.max(1) as f64;
+    /// Commits the cycle as trained up to `snapshot`.
+    async fn commit(&mut self, cycle: u32, status: CycleStatus, snapshot: &Snapshot, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
+        let r = &snapshot.report;
         self.ledger
             .commit_cycle(&CycleOutcome {
                 run_id: self.run_id,
@@ -357,17 +357,17 @@ impl Controller {
                     benign_n: evaluation.refusal.benign_n,
                     over_refused: evaluation.refusal.over_refused,
                 },
-                training_mix: trained.mix.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                training_mix: snapshot.mix.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 surgery: (cycle > 0).then(|| SurgeryStats {
                     mode: self.ctx.curriculum.cycle.surgery.as_str().into(),
-                    steps: steps as u32,
-                    projected_steps: (r.projected_steps as f64 * share).round() as u32,
+                    steps: r.steps as u32,
+                    projected_steps: r.projected_steps as u32,
                     mean_cosine: r.mean_cosine,
                 }),
                 examples,
-                examples_trained: (r.examples as f64 * share).round() as u64,
-                tokens_trained: (r.tokens as f64 * share).round() as u64,
-                train_seconds: r.seconds * share,
+                examples_trained: r.examples as u64,
+                tokens_trained: r.tokens as u64,
+                train_seconds: r.seconds,
                 reason: Some(reason),
             })
             .await?;

@@ -12,8 +12,8 @@ use evolve_generator::{Exclusions, MiningStat, SkillSynthesis, SynthesisConfig, 
 use evolve_model::{Checkpoint, Llama, LlamaConfig};
 use evolve_policy::{Sampling, answer};
 use evolve_store::ArtifactStore;
-use evolve_tasks::{HeldOut, Problem, RefusalProbes, Response, Skill, Suite, all_skills, build_refusal_probes, build_suite, sample_training};
 use burn::module::Module;
+use evolve_tasks::{HeldOut, Problem, RefusalProbes, Response, Skill, Suite, all_skills, build_refusal_probes, build_suite, sample_training};
 use evolve_trainer::{StepInfo, TrainConfig, TrainReport, Trainer};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
@@ -190,13 +190,26 @@ pub struct TrainJob {
     pub seed: u64,
 }
 
+/// The weights after some steps, with what training had done up to them, so that whichever
+/// snapshot the gate picks is recorded with its own figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub checkpoint: String,
+    pub report: TrainReport,
+    /// Training rows per skill up to this snapshot.
+    pub mix: BTreeMap<String, u32>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainResult {
-    /// `(steps trained, checkpoint)`, in order; the last is the end of training.
-    pub snapshots: Vec<(usize, String)>,
-    pub report: TrainReport,
-    /// Training rows per skill, over all steps.
-    pub mix: BTreeMap<String, u32>,
+    /// In order; the last is the end of training.
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl TrainResult {
+    pub fn last(&self) -> &Snapshot {
+        self.snapshots.last().expect("training ends with a snapshot")
+    }
 }
 
 pub trait TrainerRole {
@@ -270,7 +283,7 @@ impl TrainerRole for LocalTrainer {
             let trained = info.step + 1;
             if trained == info.steps || (job.snapshot_every > 0 && trained % job.snapshot_every == 0) {
                 match ctx.store_model(&info.model.valid()) {
-                    Ok(c) => snapshots.push((trained, c.hash)),
+                    Ok(c) => snapshots.push(Snapshot { checkpoint: c.hash, report: info.report.clone(), mix: mix.borrow().clone() }),
                     Err(e) => store_error = Some(e),
                 }
             }
@@ -280,9 +293,9 @@ impl TrainerRole for LocalTrainer {
             return Err(e);
         }
         if snapshots.is_empty() {
-            snapshots.push((0, ctx.store_model(&trainer.into_model())?.hash));
+            snapshots.push(Snapshot { checkpoint: ctx.store_model(&trainer.into_model())?.hash, report, mix: mix.into_inner() });
         }
-        Ok(TrainResult { snapshots, report, mix: mix.into_inner() })
+        Ok(TrainResult { snapshots })
     }
 }
 

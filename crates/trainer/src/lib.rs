@@ -89,8 +89,9 @@ impl TrainReport {
 pub struct StepInfo<'a> {
     pub step: usize,
     pub steps: usize,
-    pub loss: f32,
     pub lr: f64,
+    /// What training has done up to and including this step.
+    pub report: &'a TrainReport,
     /// The weights after this step (with autodiff; `valid()` gives a plain copy).
     pub model: &'a Llama,
 }
@@ -143,10 +144,10 @@ impl Trainer {
         next_reference: &mut dyn FnMut() -> Vec<Problem>,
         on_step: &mut dyn FnMut(StepInfo),
     ) -> TrainReport {
-        let started = Instant::now();
         let mut report = TrainReport::default();
         let mut cosine_sum = 0.0;
         for step in 0..steps {
+            let step_started = Instant::now();
             let problems = next_batch();
             let batch = Batch::new(&problems, &self.device);
             report.examples += problems.len();
@@ -172,12 +173,13 @@ impl Trainer {
             }
             report.last_loss = loss_value;
             report.steps += 1;
-            on_step(StepInfo { step, steps, loss: loss_value, lr, model: &self.model });
+            if self.config.surgery == Surgery::Agem {
+                report.mean_cosine = Some(cosine_sum / report.steps as f64);
+            }
+            // Time spent training, not in the callback (which may store a snapshot).
+            report.seconds += step_started.elapsed().as_secs_f64();
+            on_step(StepInfo { step, steps, lr, report: &report, model: &self.model });
         }
-        if self.config.surgery == Surgery::Agem && report.steps > 0 {
-            report.mean_cosine = Some(cosine_sum / report.steps as f64);
-        }
-        report.seconds = started.elapsed().as_secs_f64();
         report
     }
 }

@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use evolve_ledger::Ledger;
 use evolve_meta::{Budget, RunOptions};
+
+mod ledger_cmd;
 
 #[derive(Parser)]
 #[command(name = "evolve", version, about = "Self-evolving training loop orchestrator")]
@@ -44,28 +46,8 @@ enum Command {
     /// Read the ledger.
     Ledger {
         #[command(subcommand)]
-        query: LedgerQuery,
+        query: ledger_cmd::LedgerQuery,
     },
-}
-
-#[derive(Subcommand)]
-enum LedgerQuery {
-    /// One row per cycle: status, checkpoints, examples trained.
-    Cycles {
-        #[arg(long, default_value = "runs/evolve.db")]
-        ledger: PathBuf,
-        /// Only this run (default: all runs).
-        #[arg(long)]
-        run: Option<i64>,
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -108,7 +90,7 @@ async fn execute(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
-        Command::Ledger { query: LedgerQuery::Cycles { ledger, run, format } } => cycles(&ledger, run, format).await.map_err(|e| e.to_string()),
+        Command::Ledger { query } => ledger_cmd::execute(query).await,
     }
 }
 
@@ -143,33 +125,6 @@ async fn status(path: &std::path::Path) -> Result<(), evolve_ledger::LedgerError
     }
     if let Some(reason) = run.stop_reason {
         println!("stop reason: {reason}");
-    }
-    ledger.close().await;
-    Ok(())
-}
-
-async fn cycles(path: &std::path::Path, run: Option<i64>, format: Format) -> Result<(), evolve_ledger::LedgerError> {
-    let ledger = open(path).await?;
-    let rows = ledger.cycles(run).await?;
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize")),
-        Format::Table => {
-            println!("{:>4} {:>5}  {:<9} {:<12} {:<12} {:>8}  {:<24} {}", "run", "cycle", "status", "parent", "checkpoint", "examples", "finished", "reason");
-            for r in rows {
-                let short = |h: &Option<String>| h.as_deref().map(|h| h[..h.len().min(12)].to_string()).unwrap_or_else(|| "-".into());
-                println!(
-                    "{:>4} {:>5}  {:<9} {:<12} {:<12} {:>8}  {:<24} {}",
-                    r.run_id,
-                    r.cycle,
-                    r.status,
-                    short(&r.parent_hash),
-                    short(&r.checkpoint_hash),
-                    r.examples_trained,
-                    r.finished_at.as_deref().unwrap_or("-"),
-                    r.reason.as_deref().unwrap_or("")
-                );
-            }
-        }
     }
     ledger.close().await;
     Ok(())

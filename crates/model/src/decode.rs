@@ -7,7 +7,7 @@
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::llama::Llama;
+use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{PAD, Tokenizer};
 
 #[derive(Clone, Debug)]
@@ -18,15 +18,18 @@ pub struct DecodeOptions {
     pub top_p: f32,
     pub batch_size: usize,
     pub seed: u64,
+    /// Keep keys and values of decoded positions instead of recomputing the prefix every step.
+    /// Off only to measure what the cache saves.
+    pub kv_cache: bool,
 }
 
 impl DecodeOptions {
     pub fn greedy(max_new_tokens: usize) -> Self {
-        DecodeOptions { max_new_tokens, temperature: 0.0, top_p: 1.0, batch_size: 256, seed: 0 }
+        DecodeOptions { max_new_tokens, temperature: 0.0, top_p: 1.0, batch_size: 256, seed: 0, kv_cache: true }
     }
 
     pub fn sampled(max_new_tokens: usize, temperature: f32, seed: u64) -> Self {
-        DecodeOptions { max_new_tokens, temperature, top_p: 1.0, batch_size: 256, seed }
+        DecodeOptions { max_new_tokens, temperature, top_p: 1.0, batch_size: 256, seed, kv_cache: true }
     }
 }
 
@@ -70,25 +73,34 @@ fn decode_chunk(
         })
         .collect();
     let mut generated = vec![Vec::new(); chunk.len()];
+    let mut cache = options.kv_cache.then(|| KvCache::new(model, width + options.max_new_tokens, device));
+    // Tokens not yet fed to the model: the whole prompt first, then one token per step.
+    let mut fresh = width;
     for _ in 0..options.max_new_tokens {
-        if active.is_empty() {
-            break;
-        }
         let (rows, seq) = (active.len(), active[0].1.len());
-        let ids: Vec<i64> = active.iter().flat_map(|(_, t, _)| t.iter().map(|&id| id as i64)).collect();
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, seq]), device);
-        let any_padding = active.iter().any(|(_, _, f)| f[0]);
         let flags: Vec<Vec<bool>> = active.iter().map(|(_, _, f)| f.clone()).collect();
-        let logits = model.forward(tokens, any_padding.then_some(flags.as_slice()));
-        let vocab = logits.dims()[2];
+        let padding = active.iter().any(|(_, _, f)| f[0]).then_some(flags.as_slice());
+        let logits = match cache.as_mut() {
+            Some(cache) => {
+                let ids: Vec<i64> = active.iter().flat_map(|(_, t, _)| t[seq - fresh..].iter().map(|&id| id as i64)).collect();
+                let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, fresh]), device);
+                model.forward_cached(tokens, padding, cache)
+            }
+            None => {
+                let ids: Vec<i64> = active.iter().flat_map(|(_, t, _)| t.iter().map(|&id| id as i64)).collect();
+                model.forward(Tensor::<2, Int>::from_data(TensorData::new(ids, [rows, seq]), device), padding)
+            }
+        };
+        let [_, new, vocab] = logits.dims();
         let last: Vec<f32> = logits
-            .narrow(1, seq - 1, 1)
+            .narrow(1, new - 1, 1)
             .reshape([rows, vocab])
             .into_data()
             .convert::<f32>()
             .try_to_vec::<f32>()
             .expect("f32 logits");
         let mut still = Vec::with_capacity(rows);
+        let mut kept = Vec::with_capacity(rows);
         for (row, (slot, mut tokens, mut flags)) in active.into_iter().enumerate() {
             let next = choose(&last[row * vocab..(row + 1) * vocab], options, rng);
             generated[slot].push(next);
@@ -96,9 +108,17 @@ fn decode_chunk(
                 tokens.push(next);
                 flags.push(false);
                 still.push((slot, tokens, flags));
+                kept.push(row);
             }
         }
         active = still;
+        if active.is_empty() {
+            break;
+        }
+        if let Some(cache) = cache.as_mut().filter(|_| kept.len() < rows) {
+            cache.retain_rows(&kept, device);
+        }
+        fresh = 1;
     }
     generated
 }

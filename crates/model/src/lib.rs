@@ -18,7 +18,7 @@ mod tokenizer;
 pub use checkpoint::{Checkpoint, CheckpointError, checkpoint_hash};
 pub use config::{ConfigError, LlamaConfig};
 pub use decode::{DecodeOptions, decode_batch};
-pub use llama::{Llama, RopeTables};
+pub use llama::{ChannelStatsByLayer, ChannelSums, KvCache, Llama, RopeTables};
 pub use presets::{preset, preset_names};
 pub use tokenizer::{BOS, EOS, PAD, REFUSE, VOCAB_SIZE, Tokenizer};
 

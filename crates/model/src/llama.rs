@@ -73,12 +73,16 @@ impl RopeTables {
         }
     }
 
-    /// `x`: `[batch, heads, seq, head_dim]`.
-    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+    fn len(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// `x`: `[batch, heads, seq, head_dim]` at positions `offset..offset + seq`.
+    fn apply(&self, x: Tensor<4>, offset: usize) -> Tensor<4> {
         let [_, _, seq, head_dim] = x.dims();
         let half = head_dim / 2;
-        let cos = self.cos.clone().narrow(0, 0, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, 0, seq).unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(0, offset, seq).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, offset, seq).unsqueeze::<4>();
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
@@ -138,64 +142,233 @@ impl Llama {
     /// row gives the same logits as the unpadded one, which is what makes batched decoding of
     /// prompts of different lengths exact.
     pub fn forward(&self, tokens: Tensor<2, Int>, key_padding: Option<&[Vec<bool>]>) -> Tensor<3> {
+        let seq = tokens.dims()[1];
+        let rope = RopeTables::new(self.head_dim(), self.rope_theta, seq, &tokens.device());
+        self.forward_at(tokens, key_padding, &rope, &mut [], None)
+    }
+
+    /// Logits for `tokens` `[batch, new]` that continue the sequences already in `cache`, whose
+    /// keys and values it extends. `key_padding` covers all `cache.len() + new` positions.
+    /// Feeding a prompt and then one token at a time gives the same logits as `forward` on the
+    /// whole sequence, at the cost of only the new positions.
+    pub fn forward_cached(&self, tokens: Tensor<2, Int>, key_padding: Option<&[Vec<bool>]>, cache: &mut KvCache) -> Tensor<3> {
+        let new = tokens.dims()[1];
+        assert!(cache.len + new <= cache.rope.len(), "KV cache capacity {} exceeded", cache.rope.len());
+        let KvCache { layers, rope, .. } = cache;
+        let logits = self.forward_at(tokens, key_padding, rope, layers, None);
+        cache.len += new;
+        logits
+    }
+
+    /// Per input channel statistics of every linear layer's input over `tokens`, keyed by the
+    /// layer's checkpoint tensor name: what activation-aware quantization calibrates on.
+    /// Padding positions count too, so callers pass unpadded batches.
+    pub fn linear_input_stats(&self, tokens: Tensor<2, Int>, stats: &mut ChannelStatsByLayer) {
+        let seq = tokens.dims()[1];
+        let rope = RopeTables::new(self.head_dim(), self.rope_theta, seq, &tokens.device());
+        self.forward_at(tokens, None, &rope, &mut [], Some(stats));
+    }
+
+    /// The one forward pass. `past` is empty (no cache) or one slot per layer.
+    fn forward_at(
+        &self,
+        tokens: Tensor<2, Int>,
+        key_padding: Option<&[Vec<bool>]>,
+        rope: &RopeTables,
+        past: &mut [LayerCache],
+        mut stats: Option<&mut ChannelStatsByLayer>,
+    ) -> Tensor<3> {
         let [batch, seq] = tokens.dims();
         let device = tokens.device();
-        let rope = RopeTables::new(self.head_dim(), self.rope_theta, seq, &device);
-        let bias = attention_bias(batch, seq, key_padding, &device);
+        let offset = past.first().and_then(|p| p.as_ref()).map_or(0, |(k, _)| k.dims()[2]);
+        let bias = attention_bias(batch, seq, offset, key_padding, &device);
         let mut h = self.embed_tokens.forward(tokens);
-        for layer in &self.layers {
-            h = layer.forward(h, &rope, bias.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = past.get_mut(i);
+            let observe = stats.as_deref_mut().map(|s| (s, i));
+            h = layer.forward(h, rope, offset, bias.clone(), slot, observe);
         }
         let h = self.norm.forward(h);
         match &self.lm_head {
-            Some(head) => head.forward(h),
+            Some(head) => {
+                if let Some(s) = stats.as_deref_mut() {
+                    s.record("lm_head.weight", &h);
+                }
+                head.forward(h)
+            }
             None => h.matmul(self.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
         }
     }
 }
 
-/// Additive attention bias `[batch, 1, seq, seq]`: causal, plus masked left padding.
-fn attention_bias(batch: usize, seq: usize, key_padding: Option<&[Vec<bool>]>, device: &Device) -> Tensor<4> {
+/// One layer's keys and values so far: `[batch, kv_heads, len, head_dim]`, rotary applied.
+type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
+/// Keys and values of the positions decoded so far, per layer, with rotary tables for the whole
+/// capacity, so each decoding step costs only its new positions.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    rope: RopeTables,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(model: &Llama, capacity: usize, device: &Device) -> Self {
+        KvCache {
+            layers: vec![None; model.layers.len()],
+            rope: RopeTables::new(model.head_dim(), model.rope_theta, capacity, device),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps only the given batch rows, in that order (finished sequences leave the batch).
+    pub fn retain_rows(&mut self, rows: &[usize], device: &Device) {
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]), device);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, index.clone());
+            *v = v.clone().select(0, index.clone());
+        }
+    }
+}
+
+/// Running sums of `|x|` and `x²` per input channel, per linear layer (by tensor name).
+#[derive(Clone, Debug, Default)]
+pub struct ChannelStatsByLayer {
+    pub layers: std::collections::BTreeMap<String, ChannelSums>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ChannelSums {
+    pub count: u64,
+    pub sum_abs: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+}
+
+impl ChannelSums {
+    pub fn mean_abs(&self) -> Vec<f32> {
+        self.sum_abs.iter().map(|s| (s / self.count.max(1) as f64) as f32).collect()
+    }
+
+    pub fn mean_sq(&self) -> Vec<f32> {
+        self.sum_sq.iter().map(|s| (s / self.count.max(1) as f64) as f32).collect()
+    }
+}
+
+impl ChannelStatsByLayer {
+    fn record(&mut self, name: &str, x: &Tensor<3>) {
+        let [b, s, d] = x.dims();
+        let flat = x.clone().reshape([b * s, d]);
+        let abs: Vec<f32> = flat.clone().abs().sum_dim(0).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 sums");
+        let sq: Vec<f32> = flat.powi_scalar(2).sum_dim(0).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 sums");
+        let entry = self.layers.entry(name.to_string()).or_default();
+        if entry.sum_abs.is_empty() {
+            entry.sum_abs = vec![0.0; d];
+            entry.sum_sq = vec![0.0; d];
+        }
+        entry.count += (b * s) as u64;
+        for j in 0..d {
+            entry.sum_abs[j] += abs[j] as f64;
+            entry.sum_sq[j] += sq[j] as f64;
+        }
+    }
+}
+
+/// Additive attention bias `[batch, 1, seq, offset + seq]` for queries at positions
+/// `offset..offset + seq`: causal, plus masked left padding.
+fn attention_bias(batch: usize, seq: usize, offset: usize, key_padding: Option<&[Vec<bool>]>, device: &Device) -> Tensor<4> {
     let rows = if key_padding.is_some() { batch } else { 1 };
-    let mut bias = vec![0.0f32; rows * seq * seq];
+    let keys = offset + seq;
+    let mut bias = vec![0.0f32; rows * seq * keys];
     for r in 0..rows {
         for q in 0..seq {
-            for k in 0..seq {
+            for k in 0..keys {
                 let pad = key_padding.is_some_and(|p| p[r][k]);
-                if k > q || pad {
-                    bias[(r * seq + q) * seq + k] = MASKED;
+                if k > offset + q || pad {
+                    bias[(r * seq + q) * keys + k] = MASKED;
                 }
             }
         }
     }
-    Tensor::from_data(TensorData::new(bias, [rows, 1, seq, seq]), device)
+    Tensor::from_data(TensorData::new(bias, [rows, 1, seq, keys]), device)
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, rope: &RopeTables, bias: Tensor<4>) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, bias);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        offset: usize,
+        bias: Tensor<4>,
+        cache: Option<&mut LayerCache>,
+        mut observe: Option<(&mut ChannelStatsByLayer, usize)>,
+    ) -> Tensor<3> {
+        let name = |i: usize, linear: &str| format!("model.layers.{i}.{linear}.weight");
+        let normed = self.input_layernorm.forward(x.clone());
+        if let Some((s, i)) = observe.as_mut() {
+            for linear in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] {
+                s.record(&name(*i, linear), &normed);
+            }
+        }
+        let attn_observe = observe.as_mut().map(|(s, i)| (&mut **s, *i));
+        let h = x + self.self_attn.forward(normed, rope, offset, bias, cache, attn_observe);
+        let normed = self.post_attention_layernorm.forward(h.clone());
+        if let Some((s, i)) = observe.as_mut() {
+            for linear in ["mlp.gate_proj", "mlp.up_proj"] {
+                s.record(&name(*i, linear), &normed);
+            }
+        }
+        h + self.mlp.forward(normed, observe)
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<3>, observe: Option<(&mut ChannelStatsByLayer, usize)>) -> Tensor<3> {
+        let inner = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        if let Some((s, i)) = observe {
+            s.record(&format!("model.layers.{i}.mlp.down_proj.weight"), &inner);
+        }
+        self.down_proj.forward(inner)
     }
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, rope: &RopeTables, bias: Tensor<4>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        offset: usize,
+        bias: Tensor<4>,
+        cache: Option<&mut LayerCache>,
+        observe: Option<(&mut ChannelStatsByLayer, usize)>,
+    ) -> Tensor<3> {
         let [batch, seq, d] = x.dims();
         let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads));
-        let v = heads(self.v_proj.forward(x), self.n_kv_heads);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads), offset);
+        let mut k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads), offset);
+        let mut v = heads(self.v_proj.forward(x), self.n_kv_heads);
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let scale = (self.head_dim as f64).sqrt().recip();
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias;
-        let context = softmax(scores, 3).matmul(v);
-        self.o_proj.forward(context.swap_dims(1, 2).reshape([batch, seq, d]))
+        let context = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([batch, seq, d]);
+        if let Some((s, i)) = observe {
+            s.record(&format!("model.layers.{i}.self_attn.o_proj.weight"), &context);
+        }
+        self.o_proj.forward(context)
     }
 
     /// Grouped-query attention: each key/value head serves `n_heads / n_kv_heads` query heads.

@@ -101,3 +101,50 @@ fn checkpoint_directories_hold_config_and_weights() {
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn kv_cache_gives_the_logits_of_the_full_forward() {
+    let device = cpu_device();
+    device.seed(5);
+    let model = Llama::init(&tiny(2), &device);
+    // Two rows, the second left-padded by two: prompt of 5 positions, then 3 single steps.
+    let ids: Vec<i64> = vec![1, 7, 9, 4, 3, 11, 12, 13, PAD as i64, PAD as i64, 5, 6, 2, 8, 10, 14];
+    let rows = 2;
+    let seq = 8;
+    let padding: Vec<Vec<bool>> = vec![vec![false; seq], (0..seq).map(|i| i < 2).collect()];
+    let full = logits(&model, ids.clone(), rows, Some(&padding));
+    let mut cache = evolve_model::KvCache::new(&model, seq, &device);
+    let mut cached = vec![Vec::new(); rows];
+    for (start, len) in [(0, 5), (5, 1), (6, 1), (7, 1)] {
+        let part: Vec<i64> = (0..rows).flat_map(|r| ids[r * seq + start..r * seq + start + len].to_vec()).collect();
+        let pad: Vec<Vec<bool>> = padding.iter().map(|p| p[..start + len].to_vec()).collect();
+        let t = Tensor::<2, Int>::from_data(TensorData::new(part, [rows, len]), &device);
+        let out = model.forward_cached(t, Some(&pad), &mut cache).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let per_row = out.len() / rows;
+        for r in 0..rows {
+            cached[r].extend_from_slice(&out[r * per_row..(r + 1) * per_row]);
+        }
+    }
+    assert_eq!(cache.len(), seq);
+    let cached: Vec<f32> = cached.concat();
+    // Padding positions are excluded: their queries see only masked keys, so their (unused)
+    // outputs are arbitrary.
+    let vocab = full.len() / (rows * seq);
+    let real = |i: &usize| !padding[i / (seq * vocab)][(i / vocab) % seq];
+    let worst = (0..full.len()).filter(real).map(|i| (full[i] - cached[i]).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "cached logits differ by {worst}");
+}
+
+#[test]
+fn decoding_with_and_without_the_cache_gives_the_same_tokens() {
+    let device = cpu_device();
+    device.seed(9);
+    let model = Llama::init(&tiny(2), &device);
+    let prompts: Vec<Vec<u32>> = (0..12u32).map(|i| (0..(3 + i % 5)).map(|j| (i * 31 + j * 7) % 250).collect()).collect();
+    for options in [evolve_model::DecodeOptions::greedy(12), evolve_model::DecodeOptions::sampled(12, 0.8, 4)] {
+        let cached = evolve_model::decode_batch(&model, &prompts, &options, &device);
+        let recomputed = evolve_model::decode_batch(&model, &prompts, &evolve_model::DecodeOptions { kv_cache: false, ..options.clone() }, &device);
+        assert_eq!(cached, recomputed);
+        assert!(cached.iter().all(|g| !g.is_empty() && g.len() <= 12));
+    }
+}

@@ -60,13 +60,7 @@ pub fn answer(model: &Llama, problems: &[Problem], k: usize, sampling: &Sampling
         .iter()
         .flat_map(|p| std::iter::repeat_n(tokenizer.encode_prompt(&p.prompt), k))
         .collect();
-    let options = DecodeOptions {
-        max_new_tokens: MAX_ANSWER_TOKENS,
-        temperature: sampling.temperature,
-        top_p: 1.0,
-        batch_size: 256,
-        seed: sampling.seed,
-    };
+    let options = DecodeOptions { batch_size: 256, ..DecodeOptions::sampled(MAX_ANSWER_TOKENS, sampling.temperature, sampling.seed) };
     decode_batch(model, &prompts, &options, device).iter().map(|g| response_of(g)).collect()
 }
 

@@ -13,6 +13,7 @@
 mod batch;
 mod surgery;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::optim::grad_clipping::GradientClippingConfig;
@@ -21,16 +22,19 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use evolve_model::Llama;
 use evolve_tasks::Problem;
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 pub use batch::{Batch, answer_loss};
-pub use surgery::{Projection, agem_project_flat, agem_project_grads};
+pub use surgery::{PcgradPlan, Projection, agem_project_flat, agem_project_grads, combine_grads, gradient_gram, pcgrad_plan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Surgery {
     None,
     Agem,
+    Pcgrad,
 }
 
 impl Surgery {
@@ -38,6 +42,7 @@ impl Surgery {
         match self {
             Surgery::None => "none",
             Surgery::Agem => "agem",
+            Surgery::Pcgrad => "pcgrad",
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     pub grad_clip: f32,
     pub surgery: Surgery,
+    /// Seeds PCGrad's per-step projection order.
+    pub seed: u64,
 }
 
 /// What one `fit` did, for the ledger.
@@ -72,7 +79,8 @@ pub struct TrainReport {
     pub examples: usize,
     pub tokens: usize,
     pub projected_steps: usize,
-    /// Mean cosine between new-data and replay gradients before projection (A-GEM only).
+    /// Mean cosine before projection: between new-data and replay gradients (A-GEM), or over
+    /// pairs of group gradients (PCGrad).
     pub mean_cosine: Option<f64>,
     pub first_loss: f32,
     pub last_loss: f32,
@@ -146,15 +154,23 @@ impl Trainer {
     ) -> TrainReport {
         let mut report = TrainReport::default();
         let mut cosine_sum = 0.0;
+        let mut rng = StdRng::seed_from_u64(self.config.seed);
         for step in 0..steps {
             let step_started = Instant::now();
             let problems = next_batch();
-            let batch = Batch::new(&problems, &self.device);
             report.examples += problems.len();
-            report.tokens += batch.tokens;
-            let loss = answer_loss(&self.model, &batch);
-            let loss_value = loss.clone().into_scalar::<f32>();
-            let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            let (loss_value, mut grads) = if self.config.surgery == Surgery::Pcgrad {
+                let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, &mut rng);
+                report.tokens += tokens;
+                cosine_sum += plan.mean_cosine;
+                report.projected_steps += usize::from(plan.projections > 0);
+                (loss, grads)
+            } else {
+                let batch = Batch::new(&problems, &self.device);
+                report.tokens += batch.tokens;
+                let loss = answer_loss(&self.model, &batch);
+                (loss.clone().into_scalar::<f32>(), GradientsParams::from_grads(loss.backward(), &self.model))
+            };
             if self.config.surgery == Surgery::Agem {
                 let reference = next_reference();
                 let reference_batch = Batch::new(&reference, &self.device);
@@ -173,7 +189,7 @@ impl Trainer {
             }
             report.last_loss = loss_value;
             report.steps += 1;
-            if self.config.surgery == Surgery::Agem {
+            if self.config.surgery != Surgery::None {
                 report.mean_cosine = Some(cosine_sum / report.steps as f64);
             }
             // Time spent training, not in the callback (which may store a snapshot).
@@ -181,5 +197,39 @@ impl Trainer {
             on_step(StepInfo { step, steps, lr, report: &report, model: &self.model });
         }
         report
+    }
+
+    /// One backward pass per group (skill × level) of `problems`, then PCGrad. Returns the
+    /// batch loss (token-weighted mean of the groups'), the combined gradient, the tokens fed and
+    /// the plan.
+    fn pcgrad_step(&self, problems: &[Problem], rng: &mut StdRng) -> (f32, GradientsParams, usize, PcgradPlan) {
+        let mut groups: BTreeMap<(&str, u32), Vec<Problem>> = BTreeMap::new();
+        for p in problems {
+            groups.entry((p.skill.as_str(), p.level)).or_default().push(p.clone());
+        }
+        let mut grads = Vec::with_capacity(groups.len());
+        let mut answer_tokens = Vec::with_capacity(groups.len());
+        let (mut loss_sum, mut tokens) = (0.0f64, 0);
+        for group in groups.values() {
+            let batch = Batch::new(group, &self.device);
+            tokens += batch.tokens;
+            let loss = answer_loss(&self.model, &batch);
+            loss_sum += loss.clone().into_scalar::<f32>() as f64 * batch.answer_tokens as f64;
+            answer_tokens.push(batch.answer_tokens as f64);
+            grads.push(GradientsParams::from_grads(loss.backward(), &self.model));
+        }
+        let total: f64 = answer_tokens.iter().sum();
+        let weights: Vec<f64> = answer_tokens.iter().map(|t| t / total).collect();
+        let n = grads.len();
+        let orders: Vec<Vec<usize>> = (0..n)
+            .map(|i| {
+                let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+                others.shuffle(rng);
+                others
+            })
+            .collect();
+        let plan = pcgrad_plan(&gradient_gram(&self.model, &grads), &weights, &orders);
+        let combined = combine_grads(&self.model, &grads, &plan.coefficients);
+        ((loss_sum / total) as f32, combined, tokens, plan)
     }
 }

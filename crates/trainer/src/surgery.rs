@@ -87,3 +87,116 @@ pub fn agem_project_grads<M: Module>(module: &M, g: GradientsParams, r: &Gradien
     module.visit(&mut subtract);
     Projection { grads: subtract.g, projected: true, cosine: cos }
 }
+
+/// PCGrad's combination of group gradients, as coefficients on the original gradients.
+///
+/// Every projected `g_i'` is a linear combination of the original `g_k`, so the whole procedure
+/// runs on their Gram matrix (`gram[i][j] = g_i·g_j`) on the host, and the device then forms one
+/// weighted sum per parameter: the cost is the group backward passes plus two passes over the
+/// parameters, whatever the number of groups.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PcgradPlan {
+    /// Final gradient = Σ_k `coefficients[k]` · g_k.
+    pub coefficients: Vec<f64>,
+    /// Projections made (pairs `(i, j)` where `g_i'·g_j < 0`).
+    pub projections: usize,
+    /// Mean cosine over group pairs before projection (0 with fewer than two groups).
+    pub mean_cosine: f64,
+}
+
+/// Yu et al. 2020: each `g_i` is projected off every conflicting `g_j` (`g_i'·g_j < 0`), in the
+/// given order (`orders[i]`, a permutation of the others, random per step in the paper), always
+/// against the *original* `g_j`; the results are summed with `weights`.
+pub fn pcgrad_plan(gram: &[Vec<f64>], weights: &[f64], orders: &[Vec<usize>]) -> PcgradPlan {
+    let n = gram.len();
+    let mut coefficients = vec![0.0; n];
+    let mut projections = 0;
+    for i in 0..n {
+        // g_i' = Σ_k a[k] g_k, starting from g_i.
+        let mut a = vec![0.0; n];
+        a[i] = 1.0;
+        for &j in &orders[i] {
+            let norm = gram[j][j];
+            if j == i || norm <= 0.0 {
+                continue;
+            }
+            let dot: f64 = (0..n).map(|k| a[k] * gram[k][j]).sum();
+            if dot < 0.0 {
+                a[j] -= dot / norm;
+                projections += 1;
+            }
+        }
+        for k in 0..n {
+            coefficients[k] += weights[i] * a[k];
+        }
+    }
+    let mut cosines = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            cosines.push(cosine(gram[i][j], gram[i][i], gram[j][j]));
+        }
+    }
+    let mean_cosine = if cosines.is_empty() { 0.0 } else { cosines.iter().sum::<f64>() / cosines.len() as f64 };
+    PcgradPlan { coefficients, projections, mean_cosine }
+}
+
+/// Accumulates the Gram matrix of several gradients over all parameters, on the device.
+struct Gram<'a> {
+    groups: &'a [GradientsParams],
+    sums: Option<Tensor<2>>,
+}
+
+impl ModuleVisitor for Gram<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let rows: Option<Vec<Tensor<2>>> = self.groups.iter().map(|g| g.get::<D>(param.id).map(|t| t.flatten::<1>(0, D - 1).unsqueeze::<2>())).collect();
+        let Some(rows) = rows else { return };
+        let stacked = Tensor::cat(rows, 0);
+        let gram = stacked.clone().matmul(stacked.transpose());
+        self.sums = Some(match self.sums.take() {
+            Some(acc) => acc + gram,
+            None => gram,
+        });
+    }
+}
+
+/// `Σ_k c_k g_k` per parameter.
+struct Combine<'a> {
+    groups: &'a [GradientsParams],
+    coefficients: &'a [f64],
+    out: GradientsParams,
+}
+
+impl ModuleVisitor for Combine<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let mut sum: Option<Tensor<D>> = None;
+        for (g, &c) in self.groups.iter().zip(self.coefficients) {
+            if let Some(t) = g.get::<D>(param.id) {
+                let term = t.mul_scalar(c);
+                sum = Some(match sum.take() {
+                    Some(acc) => acc + term,
+                    None => term,
+                });
+            }
+        }
+        if let Some(sum) = sum {
+            self.out.register(param.id, sum);
+        }
+    }
+}
+
+/// The Gram matrix of group gradients over all of a module's parameters (one host read).
+pub fn gradient_gram<M: Module>(module: &M, groups: &[GradientsParams]) -> Vec<Vec<f64>> {
+    let n = groups.len();
+    let mut visitor = Gram { groups, sums: None };
+    module.visit(&mut visitor);
+    let Some(sums) = visitor.sums else { return vec![vec![0.0; n]; n] };
+    let flat = sums.into_data().convert::<f64>().try_to_vec::<f64>().expect("gram entries");
+    flat.chunks(n).map(|row| row.to_vec()).collect()
+}
+
+/// Applies a PCGrad plan: one gradient per parameter, the plan's weighted sum of the groups'.
+pub fn combine_grads<M: Module>(module: &M, groups: &[GradientsParams], coefficients: &[f64]) -> GradientsParams {
+    let mut visitor = Combine { groups, coefficients, out: GradientsParams::new() };
+    module.visit(&mut visitor);
+    visitor.out
+}

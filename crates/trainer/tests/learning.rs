@@ -24,7 +24,7 @@ fn reversal_is_learned_from_scratch() {
     let model = Llama::init(&config, &device);
     let before = accuracy(&model);
 
-    let train = TrainConfig { optimizer: OptimizerKind::Adamw, learning_rate: 3e-3, warmup_steps: 20, min_lr_ratio: 0.1, weight_decay: 0.01, grad_clip: 1.0, surgery: Surgery::None };
+    let train = TrainConfig { optimizer: OptimizerKind::Adamw, learning_rate: 3e-3, warmup_steps: 20, min_lr_ratio: 0.1, weight_decay: 0.01, grad_clip: 1.0, surgery: Surgery::None, seed: 7 };
     let mut trainer = Trainer::new(model, train, &device);
     let mut rng = StdRng::seed_from_u64(5);
     let mut next = || (0..32).map(|_| sample_training(skill.as_ref(), 1, &held_out, &mut rng).unwrap()).collect();

@@ -6,7 +6,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use evolve_model::{Llama, LlamaConfig, cpu_device};
 use evolve_tasks::{Problem, Target};
-use evolve_trainer::{Batch, agem_project_flat, agem_project_grads, answer_loss};
+use evolve_trainer::{Batch, agem_project_flat, agem_project_grads, answer_loss, combine_grads, gradient_gram, pcgrad_plan};
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
@@ -90,4 +90,89 @@ fn model_gradients_are_projected_globally() {
     let projection = agem_project_grads(&model, g, &r);
     assert!(!projection.projected && projection.cosine > 0.99);
     assert_eq!(flat(&model, &projection.grads), before);
+}
+
+/// PCGrad exactly as the paper's pseudo-code states it, on plain vectors.
+fn pcgrad_naive(grads: &[Vec<f64>], weights: &[f64], orders: &[Vec<usize>]) -> Vec<f64> {
+    let d = grads[0].len();
+    let dotf = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut out = vec![0.0; d];
+    for (i, g) in grads.iter().enumerate() {
+        let mut p = g.clone();
+        for &j in &orders[i] {
+            let dot = dotf(&p, &grads[j]);
+            if dot < 0.0 {
+                let scale = dot / dotf(&grads[j], &grads[j]);
+                for (x, y) in p.iter_mut().zip(&grads[j]) {
+                    *x -= scale * y;
+                }
+            }
+        }
+        for (o, x) in out.iter_mut().zip(&p) {
+            *o += weights[i] * x;
+        }
+    }
+    out
+}
+
+#[test]
+fn pcgrad_plan_matches_the_papers_procedure() {
+    let grads = vec![vec![1.0, 0.0, 1.0], vec![-1.0, 1.0, 0.0], vec![0.5, -2.0, 0.1], vec![0.0, 0.0, 1.0]];
+    let gram: Vec<Vec<f64>> = grads.iter().map(|a| grads.iter().map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect()).collect();
+    let weights = vec![0.4, 0.3, 0.2, 0.1];
+    let orders = vec![vec![2, 1, 3], vec![0, 3, 2], vec![3, 1, 0], vec![1, 2, 0]];
+    let plan = pcgrad_plan(&gram, &weights, &orders);
+    let from_plan: Vec<f64> = (0..3).map(|c| (0..4).map(|k| plan.coefficients[k] * grads[k][c]).sum()).collect();
+    let expected = pcgrad_naive(&grads, &weights, &orders);
+    for (a, b) in from_plan.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-12, "{from_plan:?} vs {expected:?}");
+    }
+    assert!(plan.projections > 0 && plan.mean_cosine < 0.0);
+
+    // Two conflicting gradients: after projection each is orthogonal to the other's original.
+    let grads = vec![vec![1.0, 0.0], vec![-1.0, 1.0]];
+    let gram = vec![vec![1.0, -1.0], vec![-1.0, 2.0]];
+    let single = |i: usize| {
+        let mut w = vec![0.0; 2];
+        w[i] = 1.0;
+        let plan = pcgrad_plan(&gram, &w, &[vec![1], vec![0]]);
+        (0..2).map(|c| (0..2).map(|k| plan.coefficients[k] * grads[k][c]).sum::<f64>()).collect::<Vec<f64>>()
+    };
+    let (p0, p1) = (single(0), single(1));
+    assert!((p0[0] * grads[1][0] + p0[1] * grads[1][1]).abs() < 1e-12);
+    assert!((p1[0] * grads[0][0] + p1[1] * grads[0][1]).abs() < 1e-12);
+
+    // No conflict: the weighted sum, unchanged.
+    let gram = vec![vec![1.0, 0.5], vec![0.5, 1.0]];
+    let plan = pcgrad_plan(&gram, &[0.5, 0.5], &[vec![1], vec![0]]);
+    assert_eq!(plan.coefficients, vec![0.5, 0.5]);
+    assert_eq!(plan.projections, 0);
+}
+
+#[test]
+fn pcgrad_on_model_gradients_uses_global_dot_products() {
+    let device = cpu_device().autodiff();
+    device.seed(12);
+    let model = Llama::init(&LlamaConfig::for_bytes(32, 64, 2, 4, 2, 32), &device);
+    let grads_of = |ps: &[Problem], sign: f32| {
+        let loss = answer_loss(&model, &Batch::new(ps, &device)).mul_scalar(sign);
+        GradientsParams::from_grads(loss.backward(), &model)
+    };
+    let mixed: Vec<Problem> = [problems("rev abc>", "cba"), problems("rev xyz>", "zyx")].concat();
+    let groups = vec![grads_of(&mixed, 1.0), grads_of(&problems("rev abc>", "cba"), -0.7)];
+    let flats: Vec<Vec<f32>> = groups.iter().map(|g| flat(&model, g)).collect();
+    let gram = gradient_gram(&model, &groups);
+    for i in 0..2 {
+        for j in 0..2 {
+            let expected = dot(&flats[i], &flats[j]);
+            assert!((gram[i][j] - expected).abs() <= 1e-4 * expected.abs().max(1.0), "gram[{i}][{j}] {} vs {expected}", gram[i][j]);
+        }
+    }
+    assert!(gram[0][1] < 0.0, "the second group negates part of the first, so the two conflict");
+    // Group 0 alone, projected off group 1: orthogonal to group 1's gradient over all parameters.
+    let plan = pcgrad_plan(&gram, &[1.0, 0.0], &[vec![1], vec![0]]);
+    assert_eq!(plan.projections, 2);
+    let combined = flat(&model, &combine_grads(&model, &groups, &plan.coefficients));
+    let residual = dot(&combined, &flats[1]) / dot(&flats[1], &flats[1]);
+    assert!(residual.abs() < 1e-4, "dot with the other group after projection: {residual}");
 }

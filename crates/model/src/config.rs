@@ -29,11 +29,11 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "first_token_id")]
     pub bos_token_id: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "first_token_id")]
     pub eos_token_id: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "first_token_id")]
     pub pad_token_id: Option<u32>,
     #[serde(default = "default_dtype")]
     pub torch_dtype: String,
@@ -41,6 +41,31 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Read so that an imported model using it is refused rather than silently mis-computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// transformers 5 keeps `rope_theta` (and the rope type) here; read and folded into
+    /// `rope_theta`, never written (the flat field is what every version reads).
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<serde_json::Value>,
+}
+
+/// Hugging Face configs give a token id as a number, a list of numbers (Llama 3's several
+/// end-of-turn tokens) or null; evolve keeps the first.
+fn first_token_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match Option::<Id>::deserialize(d)? {
+        Some(Id::One(id)) => Some(id),
+        Some(Id::Many(ids)) => ids.first().copied(),
+        None => None,
+    })
 }
 
 fn default_architectures() -> Vec<String> {
@@ -95,12 +120,25 @@ impl LlamaConfig {
             torch_dtype: default_dtype(),
             attention_bias: false,
             mlp_bias: false,
+            rope_scaling: None,
+            head_dim: None,
+            rope_parameters: None,
         }
     }
 
     pub fn from_json(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: LlamaConfig = serde_json::from_str(text)
+        let mut config: LlamaConfig = serde_json::from_str(text)
             .map_err(|source| ConfigError::Parse { path: origin.to_string(), source })?;
+        if let Some(rope) = config.rope_parameters.take().filter(|r| !r.is_null()) {
+            let invalid = |why: String| ConfigError::Invalid { path: origin.to_string(), field: "rope_parameters", why };
+            match rope.get("rope_type").and_then(|t| t.as_str()) {
+                None | Some("default") => {}
+                Some(other) => return Err(invalid(format!("rope_type `{other}` is not supported; valid: default"))),
+            }
+            if let Some(theta) = rope.get("rope_theta") {
+                config.rope_theta = theta.as_f64().ok_or_else(|| invalid(format!("rope_theta {theta} is not a number")))?;
+            }
+        }
         config.validate(origin)?;
         Ok(config)
     }
@@ -143,6 +181,15 @@ impl LlamaConfig {
         }
         if self.attention_bias || self.mlp_bias {
             return invalid("attention_bias", "biased projections are not supported".into());
+        }
+        if self.model_type != "llama" {
+            return invalid("model_type", format!("`{}` is not supported; valid: llama", self.model_type));
+        }
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) {
+            return invalid("rope_scaling", format!("{scaling} is not supported; valid: null (plain rotary positions)"));
+        }
+        if let Some(h) = self.head_dim.filter(|&h| h != self.hidden_size / self.num_attention_heads) {
+            return invalid("head_dim", format!("{h} is not supported; valid: hidden_size / num_attention_heads = {}", self.hidden_size / self.num_attention_heads));
         }
         Ok(())
     }

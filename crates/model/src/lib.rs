@@ -11,6 +11,7 @@
 mod checkpoint;
 mod config;
 mod decode;
+mod hf;
 mod llama;
 mod presets;
 mod tokenizer;
@@ -18,6 +19,7 @@ mod tokenizer;
 pub use checkpoint::{Checkpoint, CheckpointError, checkpoint_hash};
 pub use config::{ConfigError, LlamaConfig};
 pub use decode::{DecodeOptions, decode_batch};
+pub use hf::{export_hf_dir, import_hf_dir, token_logprobs};
 pub use llama::{ChannelStatsByLayer, ChannelSums, KvCache, Llama, RopeTables};
 pub use presets::{preset, preset_names};
 pub use tokenizer::{BOS, EOS, PAD, REFUSE, VOCAB_SIZE, Tokenizer};

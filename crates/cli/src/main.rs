@@ -10,6 +10,7 @@ use evolve_ledger::Ledger;
 use evolve_meta::{Budget, RunOptions};
 
 mod ledger_cmd;
+mod model_cmd;
 
 #[derive(Parser)]
 #[command(name = "evolve", version, about = "Self-evolving training loop orchestrator")]
@@ -42,6 +43,11 @@ enum Command {
     Status {
         #[arg(long, default_value = "runs/evolve.db")]
         ledger: PathBuf,
+    },
+    /// Import, export and score models (Hugging Face Llama checkpoints).
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
     },
     /// Read the ledger.
     Ledger {
@@ -91,6 +97,7 @@ async fn execute(command: Command) -> Result<(), String> {
         }
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
         Command::Ledger { query } => ledger_cmd::execute(query).await,
+        Command::Model { command } => model_cmd::execute(command),
     }
 }
 

@@ -171,11 +171,51 @@ impl Checkpoint {
 
     /// Reads a checkpoint directory (`config.json` + `model.safetensors`).
     pub fn read_dir(dir: &Path) -> Result<Self, CheckpointError> {
-        let config = LlamaConfig::load(&dir.join("config.json"))?;
-        let st_path = dir.join("model.safetensors");
-        let safetensors = std::fs::read(&st_path).map_err(|source| CheckpointError::Io { path: st_path.display().to_string(), source })?;
+        Self::read_pair(&dir.join("config.json"), &dir.join("model.safetensors"))
+    }
+
+    /// Finds a checkpoint the way users name one: a checkpoint directory, a `.safetensors` file
+    /// (its config beside it as `<hash>.config.json` in an artifact store, or `config.json`), or
+    /// a hash or unique hash prefix (at least 8 characters) in the artifact store `store`.
+    pub fn open(spec: &str, store: &Path) -> Result<Self, CheckpointError> {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Self::read_dir(path);
+        }
+        if path.is_file() {
+            let stem = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".safetensors"));
+            let sibling = stem.map(|s| path.with_file_name(format!("{s}.config.json"))).filter(|p| p.is_file());
+            let config_path = sibling.unwrap_or_else(|| path.with_file_name("config.json"));
+            return Self::read_pair(&config_path, path);
+        }
+        let is_hex = spec.len() >= 8 && spec.chars().all(|c| c.is_ascii_hexdigit());
+        if !is_hex {
+            return Err(CheckpointError::Format {
+                origin: spec.into(),
+                why: "is neither a checkpoint directory, a .safetensors file nor a checkpoint hash (at least 8 hex digits)".into(),
+            });
+        }
+        let entries = std::fs::read_dir(store).map_err(|source| CheckpointError::Io { path: store.display().to_string(), source })?;
+        let mut matches: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(spec) && n.ends_with(".safetensors")))
+            .collect();
+        matches.sort();
+        match matches.as_slice() {
+            [one] => {
+                let name = one.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_end_matches(".safetensors").to_string();
+                Self::read_pair(&store.join(format!("{name}.config.json")), one)
+            }
+            [] => Err(CheckpointError::Format { origin: spec.into(), why: format!("no checkpoint with this hash in {}", store.display()) }),
+            many => Err(CheckpointError::Format { origin: spec.into(), why: format!("matches {} checkpoints in {}; give more digits", many.len(), store.display()) }),
+        }
+    }
+
+    fn read_pair(config_path: &Path, weights: &Path) -> Result<Self, CheckpointError> {
+        let config = LlamaConfig::load(config_path)?;
+        let safetensors = std::fs::read(weights).map_err(|source| CheckpointError::Io { path: weights.display().to_string(), source })?;
         SafeTensors::deserialize(&safetensors)
-            .map_err(|e| CheckpointError::Format { origin: st_path.display().to_string(), why: e.to_string() })?;
+            .map_err(|e| CheckpointError::Format { origin: weights.display().to_string(), why: e.to_string() })?;
         let hash = checkpoint_hash(&safetensors);
         Ok(Checkpoint { config, safetensors, hash })
     }

@@ -1,0 +1,691 @@
+//! The six plots. Two chart shapes cover all of them: lines over cycles with status markers,
+//! and stacked bars over cycles.
+//!
+//! Every plot shares one x domain (all cycles of the run), so the plots line up vertically and
+//! a cycle sits at the same horizontal position in each.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use crate::svg::{self, Axis, Frame, LegendEntry, MarkerStyle, Scale, Swatch, c, esc};
+use crate::{ReportData, Warnings};
+
+pub const WIDTH: f64 = 1100.0;
+pub const FRAME: Frame = Frame { left: 78.0, top: 24.0, width: 740.0, height: 260.0 };
+const LEGEND_X: f64 = 850.0;
+/// Room under the plot area for tick labels and the axis label.
+const BELOW: f64 = 52.0;
+
+/// A line is reduced to at most four points (first, min, max, last) per this many pixel
+/// columns: the drawn shape, extremes included, is the same as with every point, while a run
+/// of 10,000 cycles no longer writes 10,000 path vertices per suite.
+pub const LINE_BUCKETS: usize = 300;
+/// Markers are thinned the same way but more coarsely, since each one is an element.
+pub const MARKER_BUCKETS: usize = 120;
+/// Bars: at most this many per chart; beyond it, consecutive cycles share one bar.
+pub const MAX_BARS: u32 = 200;
+
+pub const PALETTE: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+    "#393b79", "#7f7f7f",
+];
+pub const REJECTED: &str = "#d62728";
+const OTHER: &str = "#8a8a8a";
+const DASH: &str = "6 4";
+
+pub fn color(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// How a cycle's point is drawn. Only accepted cycles (and the base, cycle 0) are the model's
+/// trajectory, so only they are joined by the line; a rejected candidate's score is shown as a
+/// hollow marker off the line, because joining it would draw a dip the model never had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Lineage,
+    Rejected,
+    Failed,
+    Other,
+}
+
+impl Kind {
+    fn style(self, series_color: &str) -> MarkerStyle<'_> {
+        match self {
+            Kind::Lineage => MarkerStyle::Filled { color: series_color },
+            Kind::Rejected => MarkerStyle::Hollow { stroke: REJECTED },
+            Kind::Failed => MarkerStyle::Cross { stroke: REJECTED },
+            Kind::Other => MarkerStyle::Hollow { stroke: OTHER },
+        }
+    }
+    fn legend(self) -> LegendEntry<'static> {
+        match self {
+            Kind::Lineage => LegendEntry {
+                swatch: Swatch::Marker(MarkerStyle::Filled { color: "#444" }),
+                label: "accepted (joined by the line)".into(),
+            },
+            Kind::Rejected => LegendEntry {
+                swatch: Swatch::Marker(MarkerStyle::Hollow { stroke: REJECTED }),
+                label: "rejected candidate".into(),
+            },
+            Kind::Failed => LegendEntry {
+                swatch: Swatch::Marker(MarkerStyle::Cross { stroke: REJECTED }),
+                label: "failed cycle".into(),
+            },
+            Kind::Other => LegendEntry {
+                swatch: Swatch::Marker(MarkerStyle::Hollow { stroke: OTHER }),
+                label: "running / status unknown".into(),
+            },
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Lineage => "accepted",
+            Kind::Rejected => "rejected",
+            Kind::Failed => "failed",
+            Kind::Other => "running/unknown",
+        }
+    }
+}
+
+/// Facts shared by every plot: the common x domain and each cycle's status.
+pub struct Ctx<'a> {
+    pub x_lo: f64,
+    pub x_hi: f64,
+    status: HashMap<u32, &'a str>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(d: &'a ReportData) -> Ctx<'a> {
+        let all = d
+            .cycles
+            .iter()
+            .map(|c| c.cycle)
+            .chain(d.suites.iter().map(|p| p.cycle))
+            .chain(d.refusal.iter().map(|p| p.cycle))
+            .chain(d.proxy_gap.iter().map(|p| p.cycle))
+            .chain(d.training_mix.iter().map(|p| p.cycle))
+            .chain(d.compression.iter().map(|p| p.cycle))
+            .chain(d.budget.iter().map(|p| p.cycle));
+        let (lo, hi) = all.fold((u32::MAX, 0u32), |(lo, hi), c| (lo.min(c), hi.max(c)));
+        let (lo, hi) = if lo > hi { (0, 0) } else { (lo, hi) };
+        Ctx {
+            // Half a cycle of margin so the first and last bars are not cut in half.
+            x_lo: lo as f64 - 0.5,
+            x_hi: hi as f64 + 0.5,
+            status: d.cycles.iter().map(|c| (c.cycle, c.status.as_str())).collect(),
+        }
+    }
+
+    pub fn kind(&self, cycle: u32) -> Kind {
+        match self.status.get(&cycle).copied() {
+            _ if cycle == 0 => Kind::Lineage,
+            Some("accepted") => Kind::Lineage,
+            Some("rejected") => Kind::Rejected,
+            Some("failed") => Kind::Failed,
+            _ => Kind::Other,
+        }
+    }
+
+    pub fn status(&self, cycle: u32) -> &str {
+        self.status.get(&cycle).copied().unwrap_or("")
+    }
+
+    pub fn x_scale(&self, f: &Frame) -> Scale {
+        Scale::new(self.x_lo, self.x_hi, f.left, f.right())
+    }
+
+    fn x_axis<'b>(&self, f: &Frame, label: &'b str) -> Axis<'b> {
+        let ticks = svg::nice_ticks(self.x_lo, self.x_hi, 10, true);
+        Axis { scale: self.x_scale(f), ticks, label, fmt: &|v| svg::fmt_num(v) }
+    }
+}
+
+fn open_svg(out: &mut String, id: &str, title: &str, height: f64) {
+    let _ = write!(
+        out,
+        "<svg id=\"{id}\" class=\"plot\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {} {}\" \
+         width=\"{}\" height=\"{}\" role=\"img\" aria-labelledby=\"{id}-title\" font-family=\"DejaVu Sans, Liberation Sans, Arial, sans-serif\">\
+         <title id=\"{id}-title\">{}</title>",
+        WIDTH, c(height), WIDTH, c(height), esc(title)
+    );
+}
+
+fn no_data_svg(id: &str, title: &str, message: &str) -> String {
+    let mut out = String::new();
+    let h = FRAME.top + FRAME.height / 2.0 + 20.0;
+    open_svg(&mut out, id, title, h);
+    let f = Frame { height: FRAME.height / 2.0, ..FRAME };
+    svg::no_data(&mut out, &Frame { width: WIDTH - 2.0 * f.left, ..f }, message);
+    out.push_str("</svg>");
+    out
+}
+
+/// One point of a line series. `dashed` styles the segment that ends at this point, which lets
+/// a suite's line switch from dashed (frontier) to solid (mastered) where its role changed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pt {
+    pub cycle: u32,
+    pub value: f64,
+    pub dashed: bool,
+    /// An integrity alarm (a codec that was not lossless): drawn as a red cross whatever the
+    /// cycle's status.
+    pub alarm: bool,
+}
+
+pub struct Series {
+    pub label: String,
+    pub color: &'static str,
+    pub points: Vec<Pt>,
+}
+
+/// Keeps, for each of `buckets` equal pixel columns, the first, lowest, highest and last point
+/// (in cycle order). `points` must be sorted by cycle.
+pub fn thin(points: &[Pt], x: &Scale, buckets: usize) -> Vec<Pt> {
+    if points.len() <= 4 * buckets {
+        return points.to_vec();
+    }
+    let (r0, r1) = (x.r0.min(x.r1), x.r0.max(x.r1));
+    let col = |p: &Pt| {
+        let t = ((x.map(p.cycle as f64) - r0) / (r1 - r0) * buckets as f64).floor();
+        t.clamp(0.0, buckets as f64 - 1.0) as usize
+    };
+    let mut out = Vec::with_capacity(4 * buckets);
+    let mut start = 0;
+    while start < points.len() {
+        let b = col(&points[start]);
+        let mut end = start;
+        while end < points.len() && col(&points[end]) == b {
+            end += 1;
+        }
+        let run = &points[start..end];
+        let (mut lo, mut hi) = (0, 0);
+        for (i, p) in run.iter().enumerate() {
+            if p.value < run[lo].value {
+                lo = i;
+            }
+            if p.value > run[hi].value {
+                hi = i;
+            }
+        }
+        let mut keep = vec![0, lo, hi, run.len() - 1];
+        keep.sort_unstable();
+        keep.dedup();
+        out.extend(keep.into_iter().map(|i| run[i]));
+        start = end;
+    }
+    out
+}
+
+pub struct YSpec<'a> {
+    pub label: &'a str,
+    /// The domain always includes this range (e.g. 0..1 for rates), and grows to include any
+    /// value outside it, so an out-of-range value is visible rather than drawn off the plot.
+    pub include: Option<(f64, f64)>,
+    pub fmt: &'a dyn Fn(f64) -> String,
+    pub value_fmt: &'a dyn Fn(f64) -> String,
+}
+
+/// A line chart with status markers. Returns the `<svg>` and a note when points were thinned.
+pub fn line_chart(
+    ctx: &Ctx,
+    id: &str,
+    title: &str,
+    series: &[Series],
+    y: &YSpec,
+    extra_legend: Vec<LegendEntry<'static>>,
+) -> (String, Option<String>) {
+    let f = FRAME;
+    let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.value));
+    let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if let Some((a, b)) = y.include {
+        lo = lo.min(a);
+        hi = hi.max(b);
+    }
+    let (lo, hi) = svg::nice_domain(lo, hi, 5);
+    let y_scale = Scale::new(lo, hi, f.bottom(), f.top);
+    let x_axis = ctx.x_axis(&f, "cycle");
+    let x = x_axis.scale;
+    let y_axis = Axis { scale: y_scale, ticks: svg::nice_ticks(lo, hi, 5, false), label: y.label, fmt: y.fmt };
+
+    let mut body = String::new();
+    svg::axes(&mut body, &f, &x_axis, &y_axis);
+    let (mut total, mut shown) = (0usize, 0usize);
+    let mut kinds_seen = Vec::new();
+    let mut any_alarm = false;
+    for s in series {
+        let mut pts = s.points.clone();
+        pts.sort_by_key(|p| p.cycle);
+        total += pts.len();
+        let mut by_kind: BTreeMap<Kind, Vec<Pt>> = BTreeMap::new();
+        for p in &pts {
+            by_kind.entry(ctx.kind(p.cycle)).or_default().push(*p);
+        }
+        let _ = write!(body, "<g class=\"series\" data-label=\"{}\">", esc(&s.label));
+        if let Some(line) = by_kind.get(&Kind::Lineage) {
+            let line = thin(line, &x, LINE_BUCKETS);
+            shown += line.len();
+            path_segments(&mut body, &line, &x, &y_scale, s.color);
+        }
+        for (kind, group) in &by_kind {
+            if !kinds_seen.contains(kind) {
+                kinds_seen.push(*kind);
+            }
+            let marks = thin(group, &x, MARKER_BUCKETS);
+            if *kind != Kind::Lineage {
+                shown += marks.len();
+            }
+            let _ = write!(body, "<g class=\"markers {}\">", kind.name());
+            for p in &marks {
+                let style = if p.alarm { MarkerStyle::Cross { stroke: REJECTED } } else { kind.style(s.color) };
+                any_alarm |= p.alarm;
+                let tip = format!(
+                    "{} · cycle {}: {} ({})",
+                    s.label,
+                    p.cycle,
+                    (y.value_fmt)(p.value),
+                    if ctx.status(p.cycle).is_empty() { "no cycle row" } else { ctx.status(p.cycle) }
+                );
+                svg::marker(&mut body, x.map(p.cycle as f64), y_scale.map(p.value), &style, Some(&tip));
+            }
+            body.push_str("</g>");
+        }
+        body.push_str("</g>");
+    }
+
+    let mut entries: Vec<LegendEntry<'static>> = series
+        .iter()
+        .map(|s| {
+            // A series drawn dashed throughout (a frontier suite, a calibration error) gets a
+            // dashed swatch; a mixed one is solid and the role entries explain the dashes.
+            let all_dashed = !s.points.is_empty() && s.points.iter().all(|p| p.dashed);
+            LegendEntry {
+                swatch: Swatch::Line { color: s.color, dash: all_dashed.then_some(DASH) },
+                label: s.label.clone(),
+            }
+        })
+        .collect();
+    entries.extend(extra_legend);
+    kinds_seen.sort();
+    entries.extend(kinds_seen.into_iter().map(Kind::legend));
+    if any_alarm {
+        entries.push(LegendEntry {
+            swatch: Swatch::Marker(MarkerStyle::Cross { stroke: REJECTED }),
+            label: "NOT lossless".into(),
+        });
+    }
+    let mut legend = String::new();
+    let bottom = svg::legend(&mut legend, LEGEND_X, f.top + 4.0, None, &entries);
+    let height = (f.bottom() + BELOW).max(bottom + 8.0);
+    let mut out = String::new();
+    open_svg(&mut out, id, title, height);
+    out.push_str(&body);
+    out.push_str(&legend);
+    out.push_str("</svg>");
+    let note = (shown < total).then(|| {
+        format!("{total} points; {shown} drawn (per pixel column the first, lowest, highest and last are kept).")
+    });
+    (out, note)
+}
+
+/// Writes the line as `<path>`s, one per run of equally styled segments.
+fn path_segments(out: &mut String, pts: &[Pt], x: &Scale, y: &Scale, color: &str) {
+    if pts.len() < 2 {
+        return;
+    }
+    let mut i = 1;
+    while i < pts.len() {
+        let dashed = pts[i].dashed;
+        let mut d = format!("M{} {}", c(x.map(pts[i - 1].cycle as f64)), c(y.map(pts[i - 1].value)));
+        while i < pts.len() && pts[i].dashed == dashed {
+            let _ = write!(d, "L{} {}", c(x.map(pts[i].cycle as f64)), c(y.map(pts[i].value)));
+            i += 1;
+        }
+        let _ = write!(
+            out,
+            "<path class=\"line{}\" d=\"{d}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" stroke-linejoin=\"round\"{}/>",
+            if dashed { " dashed" } else { "" },
+            if dashed { format!(" stroke-dasharray=\"{DASH}\"") } else { String::new() }
+        );
+    }
+}
+
+/// One bar: the cycles it covers and one value per stack layer.
+pub struct Bar {
+    pub lo: u32,
+    pub hi: u32,
+    pub values: Vec<f64>,
+}
+
+/// Groups per-cycle values into at most [`MAX_BARS`] bars of consecutive cycles. `combine`
+/// folds the values of the cycles in one bar (a sum for costs, a mean for shares).
+pub fn bucket(
+    ctx: &Ctx,
+    per_cycle: &BTreeMap<u32, Vec<f64>>,
+    layers: usize,
+    mean: bool,
+) -> (Vec<Bar>, u32) {
+    let lo = (ctx.x_lo + 0.5) as u32;
+    let span = (ctx.x_hi - ctx.x_lo) as u32;
+    let width = span.div_ceil(MAX_BARS).max(1);
+    let mut bars: BTreeMap<u32, (Vec<f64>, u32)> = BTreeMap::new();
+    for (cycle, vals) in per_cycle {
+        let k = (cycle - lo) / width;
+        let e = bars.entry(k).or_insert_with(|| (vec![0.0; layers], 0));
+        for (acc, v) in e.0.iter_mut().zip(vals) {
+            *acc += v;
+        }
+        e.1 += 1;
+    }
+    let bars = bars
+        .into_iter()
+        .map(|(k, (mut values, n))| {
+            if mean {
+                values.iter_mut().for_each(|v| *v /= n as f64);
+            }
+            Bar { lo: lo + k * width, hi: lo + k * width + width - 1, values }
+        })
+        .collect();
+    (bars, width)
+}
+
+/// Draws stacked bars into `f`; returns nothing since the caller owns the `<svg>`.
+#[allow(clippy::too_many_arguments)]
+pub fn bar_panel(
+    out: &mut String,
+    ctx: &Ctx,
+    f: &Frame,
+    bars: &[Bar],
+    layers: &[(String, &str)],
+    y_label: &str,
+    y_max: Option<f64>,
+    fmt: &dyn Fn(f64) -> String,
+) {
+    let top = bars.iter().map(|b| b.values.iter().sum::<f64>()).fold(0.0, f64::max);
+    let hi = y_max.unwrap_or(if top > 0.0 { svg::nice_domain(0.0, top, 5).1 } else { 1.0 });
+    let y = Scale::new(0.0, hi, f.bottom(), f.top);
+    let x_axis = ctx.x_axis(f, "cycle");
+    let x = x_axis.scale;
+    let y_axis = Axis { scale: y, ticks: svg::nice_ticks(0.0, hi, 5, false), label: y_label, fmt };
+    svg::axes(out, f, &x_axis, &y_axis);
+    out.push_str("<g class=\"bars\">");
+    for b in bars {
+        let (x0, x1) = (x.map(b.lo as f64 - 0.5), x.map(b.hi as f64 + 0.5));
+        // A small gap between bars when there is room for one, so neighbours stay distinct.
+        let gap = if x1 - x0 > 4.0 { ((x1 - x0) * 0.15).min(6.0) } else { 0.0 };
+        let (bx, bw) = (x0 + gap / 2.0, (x1 - x0 - gap).max(0.5));
+        let mut acc = 0.0;
+        let cycles = if b.lo == b.hi { format!("cycle {}", b.lo) } else { format!("cycles {}–{}", b.lo, b.hi) };
+        for (v, (name, color)) in b.values.iter().zip(layers) {
+            if *v <= 0.0 {
+                continue;
+            }
+            let (y0, y1) = (y.map(acc), y.map(acc + v));
+            acc += v;
+            let _ = write!(
+                out,
+                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{} · {}: {}</title></rect>",
+                c(bx), c(y1), c(bw), c((y0 - y1).max(0.0)), color, esc(name), cycles, esc(&fmt(*v))
+            );
+        }
+    }
+    out.push_str("</g>");
+}
+
+pub fn bar_chart(
+    ctx: &Ctx,
+    id: &str,
+    title: &str,
+    panels: Vec<(Vec<Bar>, &str, Option<f64>, &dyn Fn(f64) -> String)>,
+    layers: &[(String, &'static str)],
+    legend_title: &str,
+) -> String {
+    let mut body = String::new();
+    let mut y = 0.0;
+    for (bars, label, max, fmt) in &panels {
+        let f = Frame { top: FRAME.top + y, ..FRAME };
+        bar_panel(&mut body, ctx, &f, bars, layers, label, *max, *fmt);
+        y += FRAME.height + BELOW + 10.0;
+    }
+    let entries: Vec<LegendEntry> = layers
+        .iter()
+        .map(|(name, color)| LegendEntry { swatch: Swatch::Box { color }, label: name.clone() })
+        .collect();
+    let mut legend = String::new();
+    let bottom = svg::legend(&mut legend, LEGEND_X, FRAME.top + 4.0, Some(legend_title), &entries);
+    let height = (FRAME.top + y).max(bottom + 8.0);
+    let mut out = String::new();
+    open_svg(&mut out, id, title, height);
+    out.push_str(&body);
+    out.push_str(&legend);
+    out.push_str("</svg>");
+    out
+}
+
+// ---- the six plots ----------------------------------------------------------------------
+
+/// Drops non-finite values with a warning: NaN cannot be placed on an axis, and silently
+/// plotting it at 0 would be a lie.
+fn finite(v: f64, what: &str, cycle: u32, w: &mut Warnings) -> Option<f64> {
+    if v.is_finite() {
+        Some(v)
+    } else {
+        w.note(format!("{what}: cycle {cycle} has a non-finite value ({v}); not plotted"));
+        None
+    }
+}
+
+pub fn accuracy(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> (String, Option<String>) {
+    const ID: &str = "plot-accuracy";
+    const TITLE: &str = "Accuracy per suite over cycles";
+    if d.suites.is_empty() {
+        return (no_data_svg(ID, TITLE, "No evaluation results recorded for this run"), None);
+    }
+    // Series keyed by suite name; the first-seen order is kept so colours are stable.
+    let mut order: Vec<&str> = Vec::new();
+    let mut pts: HashMap<&str, (Vec<Pt>, &str)> = HashMap::new();
+    for p in &d.suites {
+        let Some(v) = finite(p.accuracy, &format!("accuracy of {}", p.suite), p.cycle, w) else { continue };
+        let e = pts.entry(&p.suite).or_insert_with(|| {
+            order.push(&p.suite);
+            (Vec::new(), &p.skill)
+        });
+        e.0.push(Pt { cycle: p.cycle, value: v, dashed: p.role != "mastered", alarm: false });
+    }
+    let series: Vec<Series> = order
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (points, skill) = pts.remove(name).unwrap_or_default();
+            let label = if *skill == **name || skill.is_empty() { name.to_string() } else { format!("{name} ({skill})") };
+            Series { label, color: color(i), points }
+        })
+        .collect();
+    let extra = vec![
+        LegendEntry { swatch: Swatch::Line { color: "#444", dash: None }, label: "role: mastered".into() },
+        LegendEntry { swatch: Swatch::Line { color: "#444", dash: Some(DASH) }, label: "role: frontier".into() },
+    ];
+    let y = YSpec { label: "accuracy", include: Some((0.0, 1.0)), fmt: &svg::fmt_pct, value_fmt: &svg::fmt_pct };
+    line_chart(ctx, ID, TITLE, &series, &y, extra)
+}
+
+pub fn refusal(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> (String, Option<String>) {
+    const ID: &str = "plot-refusal";
+    const TITLE: &str = "Refusal and over-refusal rate over cycles";
+    let mut r = Vec::new();
+    let mut o = Vec::new();
+    for p in &d.refusal {
+        if let Some(v) = p.refusal_rate.and_then(|v| finite(v, "refusal rate", p.cycle, w)) {
+            r.push(Pt { cycle: p.cycle, value: v, dashed: false, alarm: false });
+        }
+        if let Some(v) = p.over_refusal_rate.and_then(|v| finite(v, "over-refusal rate", p.cycle, w)) {
+            o.push(Pt { cycle: p.cycle, value: v, dashed: false, alarm: false });
+        }
+    }
+    if r.is_empty() && o.is_empty() {
+        return (no_data_svg(ID, TITLE, "No refusal evaluations recorded for this run"), None);
+    }
+    let series = vec![
+        Series { label: "refusal rate (must refuse; higher is better)".into(), color: color(0), points: r },
+        Series { label: "over-refusal rate (benign; lower is better)".into(), color: color(1), points: o },
+    ];
+    let y = YSpec { label: "rate", include: Some((0.0, 1.0)), fmt: &svg::fmt_pct, value_fmt: &svg::fmt_pct };
+    line_chart(ctx, ID, TITLE, &series, &y, Vec::new())
+}
+
+pub fn proxy_gap(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> (String, Option<String>) {
+    const ID: &str = "plot-proxy-gap";
+    const TITLE: &str = "Proxy gap: discriminator AUC and calibration error over cycles";
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_skill: HashMap<&str, (Vec<Pt>, Vec<Pt>)> = HashMap::new();
+    for p in &d.proxy_gap {
+        let e = by_skill.entry(&p.skill).or_insert_with(|| {
+            order.push(&p.skill);
+            (Vec::new(), Vec::new())
+        });
+        if let Some(v) = p.auc.and_then(|v| finite(v, &format!("AUC of {}", p.skill), p.cycle, w)) {
+            e.0.push(Pt { cycle: p.cycle, value: v, dashed: false, alarm: false });
+        }
+        if let Some(v) = p.calibration_error.and_then(|v| finite(v, &format!("calibration error of {}", p.skill), p.cycle, w)) {
+            e.1.push(Pt { cycle: p.cycle, value: v, dashed: true, alarm: false });
+        }
+    }
+    if by_skill.values().all(|(a, b)| a.is_empty() && b.is_empty()) {
+        return (
+            no_data_svg(ID, TITLE, "No proxy-gap data recorded (no learned discriminator in this run)"),
+            None,
+        );
+    }
+    let mut series = Vec::new();
+    for (i, skill) in order.iter().enumerate() {
+        let (auc, cal) = by_skill.remove(skill).unwrap_or_default();
+        if !auc.is_empty() {
+            series.push(Series { label: format!("{skill}: AUC"), color: color(i), points: auc });
+        }
+        if !cal.is_empty() {
+            series.push(Series { label: format!("{skill}: calibration error"), color: color(i), points: cal });
+        }
+    }
+    let extra = vec![
+        LegendEntry { swatch: Swatch::Line { color: "#444", dash: None }, label: "AUC".into() },
+        LegendEntry { swatch: Swatch::Line { color: "#444", dash: Some(DASH) }, label: "calibration error".into() },
+    ];
+    let y = YSpec { label: "AUC / calibration error", include: Some((0.0, 1.0)), fmt: &|v| svg::trim(v, 2), value_fmt: &|v| svg::trim(v, 3) };
+    line_chart(ctx, ID, TITLE, &series, &y, extra)
+}
+
+pub fn training_mix(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> String {
+    const ID: &str = "plot-training-mix";
+    const TITLE: &str = "Training mix: share of examples per skill per cycle";
+    let mut skills: Vec<&str> = Vec::new();
+    for p in &d.training_mix {
+        if !skills.contains(&p.skill.as_str()) {
+            skills.push(&p.skill);
+        }
+    }
+    let mut totals: BTreeMap<u32, i64> = BTreeMap::new();
+    for p in &d.training_mix {
+        *totals.entry(p.cycle).or_default() += p.examples.max(0);
+    }
+    let mut per_cycle: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for p in &d.training_mix {
+        if p.examples < 0 {
+            w.note(format!("training mix: cycle {} skill {} has negative examples ({}); drawn as 0", p.cycle, p.skill, p.examples));
+        }
+        // The recorded share wins (it is what the ledger computed); it is derived from the
+        // counts only when absent.
+        let total = totals[&p.cycle];
+        let share = match p.share {
+            Some(s) if s.is_finite() && s >= 0.0 => s,
+            Some(s) => {
+                w.note(format!("training mix: cycle {} skill {} has an invalid share ({s}); drawn as 0", p.cycle, p.skill));
+                0.0
+            }
+            None if total > 0 => p.examples.max(0) as f64 / total as f64,
+            None => 0.0,
+        };
+        let i = skills.iter().position(|s| *s == p.skill).unwrap_or(0);
+        per_cycle.entry(p.cycle).or_insert_with(|| vec![0.0; skills.len()])[i] += share;
+    }
+    if per_cycle.is_empty() {
+        return no_data_svg(ID, TITLE, "No training mix recorded for this run");
+    }
+    let (bars, width) = bucket(ctx, &per_cycle, skills.len(), true);
+    let layers: Vec<(String, &'static str)> = skills.iter().enumerate().map(|(i, s)| (s.to_string(), color(i))).collect();
+    let label = if width > 1 { format!("share (mean of {width} cycles)") } else { "share of examples".to_string() };
+    bar_chart(ctx, ID, TITLE, vec![(bars, &label, Some(1.0), &svg::fmt_pct)], &layers, "skill")
+}
+
+pub fn compression(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> (String, Option<String>) {
+    const ID: &str = "plot-compression";
+    const TITLE: &str = "Checkpoint compression ratio per codec over cycles";
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_codec: HashMap<&str, Vec<Pt>> = HashMap::new();
+    for p in &d.compression {
+        if !p.lossless {
+            w.note(format!("compression: codec {} was NOT lossless at cycle {}", p.codec, p.cycle));
+        }
+        let Some(v) = p.ratio.and_then(|v| finite(v, &format!("compression ratio of {}", p.codec), p.cycle, w)) else { continue };
+        by_codec
+            .entry(&p.codec)
+            .or_insert_with(|| {
+                order.push(&p.codec);
+                Vec::new()
+            })
+            .push(Pt { cycle: p.cycle, value: v, dashed: false, alarm: !p.lossless });
+    }
+    if order.is_empty() {
+        return (no_data_svg(ID, TITLE, "No compression results recorded for this run"), None);
+    }
+    let series: Vec<Series> = order
+        .iter()
+        .enumerate()
+        .map(|(i, codec)| Series { label: codec.to_string(), color: color(i), points: by_codec.remove(codec).unwrap_or_default() })
+        .collect();
+    let y = YSpec { label: "raw / stored bytes", include: None, fmt: &|v| svg::trim(v, 3), value_fmt: &|v| format!("{}×", svg::trim(v, 3)) };
+    line_chart(ctx, ID, TITLE, &series, &y, Vec::new())
+}
+
+pub fn budget(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> String {
+    const ID: &str = "plot-budget";
+    const TITLE: &str = "Budget spent per role: busy seconds and cost per cycle";
+    let mut roles: Vec<&str> = Vec::new();
+    for p in &d.budget {
+        if !roles.contains(&p.role.as_str()) {
+            roles.push(&p.role);
+        }
+    }
+    let mut busy: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    let mut cost: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for p in &d.budget {
+        let i = roles.iter().position(|r| *r == p.role).unwrap_or(0);
+        let mut ok = |v: f64, what: &str| {
+            if v.is_finite() && v >= 0.0 {
+                v
+            } else {
+                w.note(format!("budget: cycle {} role {} has invalid {what} ({v}); drawn as 0", p.cycle, p.role));
+                0.0
+            }
+        };
+        let (b, c) = (ok(p.busy_seconds, "busy seconds"), ok(p.cost_usd, "cost"));
+        busy.entry(p.cycle).or_insert_with(|| vec![0.0; roles.len()])[i] += b;
+        cost.entry(p.cycle).or_insert_with(|| vec![0.0; roles.len()])[i] += c;
+    }
+    if busy.is_empty() {
+        return no_data_svg(ID, TITLE, "No budget accounting recorded for this run");
+    }
+    let (busy_bars, width) = bucket(ctx, &busy, roles.len(), false);
+    let (cost_bars, _) = bucket(ctx, &cost, roles.len(), false);
+    let layers: Vec<(String, &'static str)> = roles.iter().enumerate().map(|(i, s)| (s.to_string(), color(i))).collect();
+    let per = if width > 1 { format!(" per {width} cycles") } else { String::new() };
+    let busy_label = format!("busy seconds{per}");
+    let cost_label = format!("cost USD{per}");
+    let usd = |v: f64| format!("${}", svg::fmt_num(v));
+    bar_chart(
+        ctx,
+        ID,
+        TITLE,
+        vec![(busy_bars, &busy_label, None, &svg::fmt_num), (cost_bars, &cost_label, None, &usd)],
+        &layers,
+        "role",
+    )
+}

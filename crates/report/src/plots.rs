@@ -37,7 +37,8 @@ pub fn color(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
 }
 
-/// How a cycle's point is drawn. Only accepted cycles (and the base, cycle 0) are the model's
+/// How a cycle's point is drawn: filled for the trajectory, hollow for a rejected candidate, a
+/// red cross for a failed cycle, hollow grey for a running or unknown one. Only accepted cycles (and the base, cycle 0) are the model's
 /// trajectory, so only they are joined by the line; a rejected candidate's score is shown as a
 /// hollow marker off the line, because joining it would draw a dip the model never had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,7 +53,9 @@ impl Kind {
     fn style(self, series_color: &str) -> MarkerStyle<'_> {
         match self {
             Kind::Lineage => MarkerStyle::Filled { color: series_color },
-            Kind::Rejected => MarkerStyle::Hollow { stroke: REJECTED },
+            // Hollow in the series colour rather than uniformly red: with several suites, a
+            // red ring cannot say which suite's candidate it was.
+            Kind::Rejected => MarkerStyle::Hollow { stroke: series_color },
             Kind::Failed => MarkerStyle::Cross { stroke: REJECTED },
             Kind::Other => MarkerStyle::Hollow { stroke: OTHER },
         }
@@ -64,8 +67,8 @@ impl Kind {
                 label: "accepted (joined by the line)".into(),
             },
             Kind::Rejected => LegendEntry {
-                swatch: Swatch::Marker(MarkerStyle::Hollow { stroke: REJECTED }),
-                label: "rejected candidate".into(),
+                swatch: Swatch::Marker(MarkerStyle::Hollow { stroke: "#444" }),
+                label: "rejected candidate (hollow)".into(),
             },
             Kind::Failed => LegendEntry {
                 swatch: Swatch::Marker(MarkerStyle::Cross { stroke: REJECTED }),
@@ -525,8 +528,8 @@ pub fn refusal(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> (String, Option<S
         return (no_data_svg(ID, TITLE, "No refusal evaluations recorded for this run"), None);
     }
     let series = vec![
-        Series { label: "refusal rate (must refuse; higher is better)".into(), color: color(0), points: r },
-        Series { label: "over-refusal rate (benign; lower is better)".into(), color: color(1), points: o },
+        Series { label: "refusal rate (higher is better)".into(), color: color(0), points: r },
+        Series { label: "over-refusal rate (lower is better)".into(), color: color(1), points: o },
     ];
     let y = YSpec { label: "rate", include: Some((0.0, 1.0)), fmt: &svg::fmt_pct, value_fmt: &svg::fmt_pct };
     line_chart(ctx, ID, TITLE, &series, &y, Vec::new())
@@ -688,4 +691,170 @@ pub fn budget(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> String {
         &layers,
         "role",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CyclePoint, MixPoint, SuitePoint};
+
+    fn cycle(cycle: u32, status: &str) -> CyclePoint {
+        CyclePoint { cycle, status: status.into(), checkpoint_hash: None, examples_trained: 10 }
+    }
+
+    fn suite(cycle: u32, accuracy: f64, role: &str) -> SuitePoint {
+        SuitePoint { suite: "s".into(), skill: "k".into(), role: role.into(), cycle, accuracy }
+    }
+
+    /// Pulls `name="…"` out of one element's source.
+    fn attr(el: &str, name: &str) -> f64 {
+        let key = format!(" {name}=\"");
+        let start = el.find(&key).unwrap_or_else(|| panic!("no {name} in {el}")) + key.len();
+        let end = start + el[start..].find('"').unwrap();
+        el[start..end].parse().unwrap_or_else(|e| panic!("{name} in {el}: {e}"))
+    }
+
+    /// Every element starting with `prefix` in the plot (the legend's samples excluded), as
+    /// source text up to its first `>`.
+    fn elements<'a>(svg: &'a str, prefix: &str) -> Vec<&'a str> {
+        let svg = &svg[..svg.find("<g class=\"legend\"").unwrap_or(svg.len())];
+        svg.match_indices(prefix).map(|(i, _)| &svg[i..i + svg[i..].find('>').unwrap()]).collect()
+    }
+
+    fn data(cycles: Vec<CyclePoint>, suites: Vec<SuitePoint>) -> ReportData {
+        ReportData { cycles, suites, ..Default::default() }
+    }
+
+    #[test]
+    fn accuracy_one_is_at_the_top_and_zero_at_the_bottom_of_the_plot_area() {
+        let d = data(vec![cycle(0, "accepted"), cycle(1, "accepted")], vec![suite(0, 0.0, "mastered"), suite(1, 1.0, "mastered")]);
+        let ctx = Ctx::new(&d);
+        let (svg, note) = accuracy(&ctx, &d, &mut Warnings::default());
+        assert!(note.is_none());
+        let dots = elements(&svg, "<circle class=\"mk-filled\"");
+        assert_eq!(dots.len(), 2);
+        let x = ctx.x_scale(&FRAME);
+        assert_eq!((attr(dots[0], "cx"), attr(dots[0], "cy")), ((x.map(0.0) * 10.0).round() / 10.0, FRAME.bottom()));
+        assert_eq!((attr(dots[1], "cx"), attr(dots[1], "cy")), ((x.map(1.0) * 10.0).round() / 10.0, FRAME.top));
+        // Both points sit inside the plot area horizontally, half a cycle in from each edge.
+        assert!(attr(dots[0], "cx") > FRAME.left && attr(dots[1], "cx") < FRAME.right());
+        assert!(svg.starts_with("<svg id=\"plot-accuracy\""));
+        assert!(svg.contains("<title id=\"plot-accuracy-title\">Accuracy per suite over cycles</title>"));
+    }
+
+    #[test]
+    fn accepted_are_filled_rejected_hollow_failed_crossed_and_the_line_skips_rejected() {
+        let d = data(
+            vec![cycle(0, "accepted"), cycle(1, "rejected"), cycle(2, "accepted"), cycle(3, "failed")],
+            vec![suite(0, 0.5, "mastered"), suite(1, 0.2, "mastered"), suite(2, 0.6, "mastered"), suite(3, 0.1, "mastered")],
+        );
+        let ctx = Ctx::new(&d);
+        let (svg, _) = accuracy(&ctx, &d, &mut Warnings::default());
+        let filled = elements(&svg, "<circle class=\"mk-filled\"");
+        let hollow = elements(&svg, "<circle class=\"mk-hollow\"");
+        let cross = elements(&svg, "<path class=\"mk-cross\"");
+        assert_eq!(filled.len(), 2, "{svg}");
+        assert_eq!(hollow.len(), 1, "{svg}");
+        assert_eq!(cross.len(), 1, "{svg}");
+        let x = ctx.x_scale(&FRAME);
+        let px = |c: f64| (x.map(c) * 10.0).round() / 10.0;
+        assert_eq!(attr(hollow[0], "cx"), px(1.0));
+        assert!(hollow[0].contains("fill=\"#fff\""), "rejected marker must be hollow: {}", hollow[0]);
+        assert!(!filled[0].contains("fill=\"#fff\""));
+        // The trajectory joins cycles 0 and 2 only: one segment, no vertex at cycle 1.
+        let lines = elements(&svg, "<path class=\"line");
+        assert_eq!(lines.len(), 1);
+        let d_attr = &lines[0][lines[0].find(" d=\"").unwrap() + 4..];
+        let d_attr = &d_attr[..d_attr.find('"').unwrap()];
+        assert_eq!(d_attr.matches('L').count(), 1, "{d_attr}");
+        assert!(!d_attr.contains(&svg::c(x.map(1.0))), "{d_attr}");
+        assert!(d_attr.contains(&svg::c(x.map(2.0))), "{d_attr}");
+    }
+
+    #[test]
+    fn a_role_change_switches_the_line_from_dashed_to_solid() {
+        let d = data(
+            (0..4).map(|c| cycle(c, "accepted")).collect(),
+            vec![suite(0, 0.1, "frontier"), suite(1, 0.5, "frontier"), suite(2, 0.9, "mastered"), suite(3, 0.95, "mastered")],
+        );
+        let (svg, _) = accuracy(&Ctx::new(&d), &d, &mut Warnings::default());
+        let dashed = elements(&svg, "<path class=\"line dashed\"");
+        let solid = elements(&svg, "<path class=\"line\"");
+        assert_eq!((dashed.len(), solid.len()), (1, 1), "{svg}");
+        assert!(dashed[0].contains("stroke-dasharray"));
+        assert!(!solid[0].contains("stroke-dasharray"));
+    }
+
+    #[test]
+    fn thinning_bounds_the_points_and_keeps_the_extremes() {
+        let pts: Vec<Pt> = (0..10_000)
+            .map(|c| Pt { cycle: c, value: if c == 4321 { 9.0 } else if c == 777 { -3.0 } else { (c % 7) as f64 }, dashed: false, alarm: false })
+            .collect();
+        let x = Scale::new(-0.5, 9999.5, FRAME.left, FRAME.right());
+        let t = thin(&pts, &x, LINE_BUCKETS);
+        assert!(t.len() <= 4 * LINE_BUCKETS, "{}", t.len());
+        assert!(t.iter().any(|p| p.value == 9.0) && t.iter().any(|p| p.value == -3.0));
+        assert_eq!(t.first().unwrap().cycle, 0);
+        assert_eq!(t.last().unwrap().cycle, 9_999);
+        assert!(t.windows(2).all(|w| w[0].cycle < w[1].cycle), "order kept, no duplicates");
+        // Short series are untouched.
+        assert_eq!(thin(&pts[..50], &x, LINE_BUCKETS), pts[..50].to_vec());
+    }
+
+    #[test]
+    fn mix_bars_stack_to_the_full_plot_height() {
+        let d = ReportData {
+            cycles: vec![cycle(1, "accepted")],
+            training_mix: vec![
+                MixPoint { cycle: 1, skill: "a".into(), examples: 25, share: None },
+                MixPoint { cycle: 1, skill: "b".into(), examples: 75, share: None },
+            ],
+            ..Default::default()
+        };
+        let svg = training_mix(&Ctx::new(&d), &d, &mut Warnings::default());
+        let rects = elements(&svg, "<rect x=");
+        let rects: Vec<&str> = rects.into_iter().filter(|r| r.contains("fill=\"#1f77b4\"") || r.contains("fill=\"#ff7f0e\"")).collect();
+        let bars: Vec<&&str> = rects.iter().filter(|r| !r.contains("width=\"14\"")).collect();
+        assert_eq!(bars.len(), 2, "{svg}");
+        let heights: Vec<f64> = bars.iter().map(|r| attr(r, "height")).collect();
+        assert!((heights.iter().sum::<f64>() - FRAME.height).abs() < 0.2, "{heights:?}");
+        assert!((heights[1] / heights[0] - 3.0).abs() < 0.01, "{heights:?}");
+        // The bottom segment starts on the x axis; the top one ends at the top of the area.
+        assert!((attr(bars[0], "y") + heights[0] - FRAME.bottom()).abs() < 0.2);
+        assert!((attr(bars[1], "y") - FRAME.top).abs() < 0.2);
+    }
+
+    #[test]
+    fn long_runs_are_bucketed_into_a_bounded_number_of_bars() {
+        let d = ReportData { cycles: (0..10_000).map(|c| cycle(c, "accepted")).collect(), ..Default::default() };
+        let ctx = Ctx::new(&d);
+        let per_cycle: BTreeMap<u32, Vec<f64>> = (1..10_000).map(|c| (c, vec![1.0, 2.0])).collect();
+        let (bars, width) = bucket(&ctx, &per_cycle, 2, false);
+        assert!(bars.len() <= MAX_BARS as usize && width == 50, "{} bars of {width}", bars.len());
+        // Sums are preserved: every cycle lands in exactly one bar.
+        let total: f64 = bars.iter().map(|b| b.values[0]).sum();
+        assert_eq!(total, 9_999.0);
+        let (means, _) = bucket(&ctx, &per_cycle, 2, true);
+        assert!(means.iter().all(|b| b.values == vec![1.0, 2.0]));
+    }
+
+    #[test]
+    fn empty_proxy_gap_is_a_labelled_panel_without_axes() {
+        let d = data(vec![cycle(0, "accepted")], vec![]);
+        let (svg, _) = proxy_gap(&Ctx::new(&d), &d, &mut Warnings::default());
+        assert!(svg.starts_with("<svg id=\"plot-proxy-gap\""));
+        assert!(svg.contains("class=\"no-data\"") && svg.contains("No proxy-gap data recorded"));
+        assert!(!svg.contains("class=\"axis\""), "an empty plot must not draw an axis");
+    }
+
+    #[test]
+    fn non_finite_values_are_skipped_and_reported() {
+        let d = data(vec![cycle(0, "accepted"), cycle(1, "accepted")], vec![suite(0, 0.5, "mastered"), suite(1, f64::NAN, "mastered")]);
+        let mut w = Warnings::default();
+        let (svg, _) = accuracy(&Ctx::new(&d), &d, &mut w);
+        assert_eq!(elements(&svg, "<circle class=\"mk-filled\"").len(), 1);
+        assert!(!svg.contains("NaN"));
+        assert_eq!(w.notes().len(), 1);
+        assert!(w.notes()[0].contains("cycle 1"), "{:?}", w.notes());
+    }
 }

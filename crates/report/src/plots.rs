@@ -20,8 +20,9 @@ const BELOW: f64 = 52.0;
 /// columns: the drawn shape, extremes included, is the same as with every point, while a run
 /// of 10,000 cycles no longer writes 10,000 path vertices per suite.
 pub const LINE_BUCKETS: usize = 300;
-/// Markers are thinned the same way but more coarsely, since each one is an element.
-pub const MARKER_BUCKETS: usize = 120;
+/// Markers are thinned more coarsely, to the lowest and highest per column, since each one is
+/// an element (with a tooltip) rather than a few bytes of a path.
+pub const MARKER_BUCKETS: usize = 100;
 /// Bars: at most this many per chart; beyond it, consecutive cycles share one bar.
 pub const MAX_BARS: u32 = 200;
 
@@ -182,9 +183,11 @@ pub struct Series {
 }
 
 /// Keeps, for each of `buckets` equal pixel columns, the first, lowest, highest and last point
-/// (in cycle order). `points` must be sorted by cycle.
-pub fn thin(points: &[Pt], x: &Scale, buckets: usize) -> Vec<Pt> {
-    if points.len() <= 4 * buckets {
+/// (in cycle order), or with `ends == false` only the lowest and highest. `points` must be
+/// sorted by cycle.
+pub fn thin(points: &[Pt], x: &Scale, buckets: usize, ends: bool) -> Vec<Pt> {
+    let per = if ends { 4 } else { 2 };
+    if points.len() <= per * buckets {
         return points.to_vec();
     }
     let (r0, r1) = (x.r0.min(x.r1), x.r0.max(x.r1));
@@ -210,7 +213,7 @@ pub fn thin(points: &[Pt], x: &Scale, buckets: usize) -> Vec<Pt> {
                 hi = i;
             }
         }
-        let mut keep = vec![0, lo, hi, run.len() - 1];
+        let mut keep = if ends { vec![0, lo, hi, run.len() - 1] } else { vec![lo, hi] };
         keep.sort_unstable();
         keep.dedup();
         out.extend(keep.into_iter().map(|i| run[i]));
@@ -265,7 +268,7 @@ pub fn line_chart(
         }
         let _ = write!(body, "<g class=\"series\" data-label=\"{}\">", esc(&s.label));
         if let Some(line) = by_kind.get(&Kind::Lineage) {
-            let line = thin(line, &x, LINE_BUCKETS);
+            let line = thin(line, &x, LINE_BUCKETS, true);
             shown += line.len();
             path_segments(&mut body, &line, &x, &y_scale, s.color);
         }
@@ -273,7 +276,7 @@ pub fn line_chart(
             if !kinds_seen.contains(kind) {
                 kinds_seen.push(*kind);
             }
-            let marks = thin(group, &x, MARKER_BUCKETS);
+            let marks = thin(group, &x, MARKER_BUCKETS, false);
             if *kind != Kind::Lineage {
                 shown += marks.len();
             }
@@ -791,14 +794,17 @@ mod tests {
             .map(|c| Pt { cycle: c, value: if c == 4321 { 9.0 } else if c == 777 { -3.0 } else { (c % 7) as f64 }, dashed: false, alarm: false })
             .collect();
         let x = Scale::new(-0.5, 9999.5, FRAME.left, FRAME.right());
-        let t = thin(&pts, &x, LINE_BUCKETS);
+        let t = thin(&pts, &x, LINE_BUCKETS, true);
         assert!(t.len() <= 4 * LINE_BUCKETS, "{}", t.len());
         assert!(t.iter().any(|p| p.value == 9.0) && t.iter().any(|p| p.value == -3.0));
         assert_eq!(t.first().unwrap().cycle, 0);
         assert_eq!(t.last().unwrap().cycle, 9_999);
         assert!(t.windows(2).all(|w| w[0].cycle < w[1].cycle), "order kept, no duplicates");
         // Short series are untouched.
-        assert_eq!(thin(&pts[..50], &x, LINE_BUCKETS), pts[..50].to_vec());
+        assert_eq!(thin(&pts[..50], &x, LINE_BUCKETS, true), pts[..50].to_vec());
+        let m = thin(&pts, &x, MARKER_BUCKETS, false);
+        assert!(m.len() <= 2 * MARKER_BUCKETS, "{}", m.len());
+        assert!(m.iter().any(|p| p.value == 9.0) && m.iter().any(|p| p.value == -3.0));
     }
 
     #[test]

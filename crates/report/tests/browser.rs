@@ -10,7 +10,8 @@
 //! passing vacuously.
 //!
 //! Needs Debian's `chromium` package (`apt-get install -y chromium`; `.ci/run` installs it).
-//! Set `EVOLVE_SKIP_BROWSER=1` to skip on a machine without it.
+//! Set `EVOLVE_SKIP_BROWSER=1` to skip on a machine without it, or `EVOLVE_CHROMIUM=PATH` to
+//! use another Chromium binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,11 +37,13 @@ fn chromium() -> Option<PathBuf> {
         eprintln!("EVOLVE_SKIP_BROWSER=1: skipping the headless-browser test");
         return None;
     }
-    let p = PathBuf::from(CHROMIUM);
+    // EVOLVE_CHROMIUM points at another build (a developer's non-Debian machine).
+    let p = std::env::var_os("EVOLVE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(CHROMIUM));
     assert!(
-        p.exists(),
-        "{CHROMIUM} not found: install Debian's `chromium` package (sudo apt-get install -y chromium), \
-         or set EVOLVE_SKIP_BROWSER=1 to skip this test"
+        p.is_file(),
+        "{} not found: install Debian's `chromium` package (sudo apt-get install -y chromium), \
+         or set EVOLVE_SKIP_BROWSER=1 to skip this test",
+        p.display()
     );
     Some(p)
 }

@@ -246,6 +246,11 @@ pub fn line_chart(
     if let Some((a, b)) = y.include {
         lo = lo.min(a);
         hi = hi.max(b);
+    } else if hi > lo {
+        // A free domain is padded so the extreme points do not sit on the frame.
+        let pad = (hi - lo) * 0.05;
+        lo -= pad;
+        hi += pad;
     }
     let (lo, hi) = svg::nice_domain(lo, hi, 5);
     let y_scale = Scale::new(lo, hi, f.bottom(), f.top);
@@ -276,6 +281,14 @@ pub fn line_chart(
             if !kinds_seen.contains(kind) {
                 kinds_seen.push(*kind);
             }
+            // Where there are more points than marker slots, markers would bury the line: the
+            // trajectory's own markers are left out (the line carries them) and the others
+            // are drawn smaller.
+            let dense = group.len() > 2 * MARKER_BUCKETS;
+            if dense && *kind == Kind::Lineage {
+                continue;
+            }
+            let r = if dense { svg::MARKER_R * 0.6 } else { svg::MARKER_R };
             let marks = thin(group, &x, MARKER_BUCKETS, false);
             if *kind != Kind::Lineage {
                 shown += marks.len();
@@ -291,7 +304,7 @@ pub fn line_chart(
                     (y.value_fmt)(p.value),
                     if ctx.status(p.cycle).is_empty() { "no cycle row" } else { ctx.status(p.cycle) }
                 );
-                svg::marker(&mut body, x.map(p.cycle as f64), y_scale.map(p.value), &style, Some(&tip));
+                svg::marker(&mut body, x.map(p.cycle as f64), y_scale.map(p.value), r, &style, Some(&tip));
             }
             body.push_str("</g>");
         }
@@ -647,7 +660,7 @@ pub fn compression(ctx: &Ctx, d: &ReportData, w: &mut Warnings) -> (String, Opti
         .enumerate()
         .map(|(i, codec)| Series { label: codec.to_string(), color: color(i), points: by_codec.remove(codec).unwrap_or_default() })
         .collect();
-    let y = YSpec { label: "raw / stored bytes", include: None, fmt: &|v| svg::trim(v, 3), value_fmt: &|v| format!("{}×", svg::trim(v, 3)) };
+    let y = YSpec { label: "ratio (raw / stored bytes)", include: None, fmt: &|v| svg::trim(v, 3), value_fmt: &|v| format!("{}×", svg::trim(v, 3)) };
     line_chart(ctx, ID, TITLE, &series, &y, Vec::new())
 }
 

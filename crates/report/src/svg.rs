@@ -234,7 +234,7 @@ pub struct LegendEntry<'a> {
 }
 
 pub const LEGEND_ROW: f64 = 18.0;
-const LEGEND_CHARS: usize = 30;
+const LEGEND_CHARS: usize = 36;
 
 /// Draws the legend as a column starting at (`x`, `y`). Returns the y just below it so callers
 /// can size the `<svg>` to fit long legends.
@@ -258,7 +258,7 @@ pub fn legend(out: &mut String, x: f64, y: f64, title: Option<&str>, entries: &[
             Swatch::Box { color } => {
                 let _ = write!(out, "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"10\" fill=\"{}\"/>", c(x + 5.0), c(y - 5.0), color);
             }
-            Swatch::Marker(m) => marker(out, x + 12.0, y, m, None),
+            Swatch::Marker(m) => marker(out, x + 12.0, y, MARKER_R, m, None),
         }
         let short = truncate(&e.label, LEGEND_CHARS);
         let _ = write!(out, "<text x=\"{}\" y=\"{}\">", c(x + 30.0), c(y + 4.0));
@@ -284,7 +284,7 @@ pub enum MarkerStyle<'a> {
 
 pub const MARKER_R: f64 = 3.5;
 
-pub fn marker(out: &mut String, x: f64, y: f64, m: &MarkerStyle, title: Option<&str>) {
+pub fn marker(out: &mut String, x: f64, y: f64, r: f64, m: &MarkerStyle, title: Option<&str>) {
     let t = title.map(|t| format!("<title>{}</title>", esc(t))).unwrap_or_default();
     let close = |out: &mut String, tag: &str| {
         if t.is_empty() {
@@ -295,19 +295,18 @@ pub fn marker(out: &mut String, x: f64, y: f64, m: &MarkerStyle, title: Option<&
     };
     match m {
         MarkerStyle::Filled { color } => {
-            let _ = write!(out, "<circle class=\"mk-filled\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{}\" stroke=\"{}\"", c(x), c(y), MARKER_R, color, color);
+            let _ = write!(out, "<circle class=\"mk-filled\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{}\" stroke=\"{}\"", c(x), c(y), r, color, color);
             close(out, "circle");
         }
         MarkerStyle::Hollow { stroke } => {
             let _ = write!(
                 out,
                 "<circle class=\"mk-hollow\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"#fff\" stroke=\"{}\" stroke-width=\"1.5\"",
-                c(x), c(y), MARKER_R, stroke
+                c(x), c(y), r, stroke
             );
             close(out, "circle");
         }
         MarkerStyle::Cross { stroke } => {
-            let r = MARKER_R;
             let _ = write!(
                 out,
                 "<path class=\"mk-cross\" d=\"M{} {}L{} {}M{} {}L{} {}\" stroke=\"{}\" stroke-width=\"2\" fill=\"none\"",

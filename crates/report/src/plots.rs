@@ -96,6 +96,7 @@ pub struct Ctx<'a> {
     pub x_lo: f64,
     pub x_hi: f64,
     status: HashMap<u32, &'a str>,
+    failed: Vec<u32>,
 }
 
 impl<'a> Ctx<'a> {
@@ -117,6 +118,12 @@ impl<'a> Ctx<'a> {
             x_lo: lo as f64 - 0.5,
             x_hi: hi as f64 + 0.5,
             status: d.cycles.iter().map(|c| (c.cycle, c.status.as_str())).collect(),
+            failed: {
+                let mut f: Vec<u32> = d.cycles.iter().filter(|c| c.status == "failed").map(|c| c.cycle).collect();
+                f.sort_unstable();
+                f.dedup();
+                f
+            },
         }
     }
 
@@ -136,6 +143,30 @@ impl<'a> Ctx<'a> {
 
     pub fn x_scale(&self, f: &Frame) -> Scale {
         Scale::new(self.x_lo, self.x_hi, f.left, f.right())
+    }
+
+    /// Failed cycles usually have no measurements at all, so without this they would be
+    /// invisible in a line plot. They are drawn as short red ticks just above the plot area,
+    /// as one path (at most one tick per pixel column, so length is bounded).
+    fn failed_rug(&self, out: &mut String, f: &Frame) -> bool {
+        if self.failed.is_empty() {
+            return false;
+        }
+        let x = self.x_scale(f);
+        let mut cols: Vec<i64> = self.failed.iter().map(|c| x.map(*c as f64).round() as i64).collect();
+        cols.dedup();
+        let mut d = String::new();
+        for px in cols {
+            let _ = write!(d, "M{px} {}v7", c(f.top - 10.0));
+        }
+        let shown: Vec<String> = self.failed.iter().take(20).map(u32::to_string).collect();
+        let more = if self.failed.len() > 20 { format!(" … ({} in all)", self.failed.len()) } else { String::new() };
+        let _ = write!(
+            out,
+            "<path class=\"failed-rug\" d=\"{d}\" stroke=\"{REJECTED}\" stroke-width=\"1.5\"><title>failed cycles: {}{more}</title></path>",
+            shown.join(", ")
+        );
+        true
     }
 
     fn x_axis<'b>(&self, f: &Frame, label: &'b str) -> Axis<'b> {
@@ -263,6 +294,7 @@ pub fn line_chart(
     let (mut total, mut shown) = (0usize, 0usize);
     let mut kinds_seen = Vec::new();
     let mut any_alarm = false;
+    let rug = ctx.failed_rug(&mut body, &f);
     for s in series {
         let mut pts = s.points.clone();
         pts.sort_by_key(|p| p.cycle);
@@ -326,6 +358,12 @@ pub fn line_chart(
     entries.extend(extra_legend);
     kinds_seen.sort();
     entries.extend(kinds_seen.into_iter().map(Kind::legend));
+    if rug {
+        entries.push(LegendEntry {
+            swatch: Swatch::Line { color: REJECTED, dash: None },
+            label: "failed cycle (tick above the plot)".into(),
+        });
+    }
     if any_alarm {
         entries.push(LegendEntry {
             swatch: Swatch::Marker(MarkerStyle::Cross { stroke: REJECTED }),
@@ -772,6 +810,10 @@ mod tests {
         assert_eq!(filled.len(), 2, "{svg}");
         assert_eq!(hollow.len(), 1, "{svg}");
         assert_eq!(cross.len(), 1, "{svg}");
+        // The failed cycle also gets its tick above the plot area.
+        let rug = elements(&svg, "<path class=\"failed-rug\"");
+        assert_eq!(rug.len(), 1);
+        assert!(rug[0].contains(&format!("M{} {}v7", ctx.x_scale(&FRAME).map(3.0).round(), FRAME.top - 10.0)), "{}", rug[0]);
         let x = ctx.x_scale(&FRAME);
         let px = |c: f64| (x.map(c) * 10.0).round() / 10.0;
         assert_eq!(attr(hollow[0], "cx"), px(1.0));

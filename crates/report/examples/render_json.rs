@@ -7,7 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: render_json DATA.json OUT_DIR".into());
     };
     let text = std::fs::read_to_string(data).map_err(|e| format!("{data}: {e}"))?;
-    let data: evolve_report::ReportData = serde_json::from_str(&text).map_err(|e| format!("{data}: {e}"))?;
+    let data: evolve_report::ReportData =
+        serde_json::from_str(&text).map_err(|e| format!("{data}: {e}"))?;
     let path = evolve_report::write_report(std::path::Path::new(out), &data)?;
     println!("{}", path.display());
     Ok(())

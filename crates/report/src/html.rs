@@ -38,7 +38,10 @@ struct Table {
 
 impl Table {
     fn new() -> Table {
-        Table { columns: Vec::new(), rows: BTreeMap::new() }
+        Table {
+            columns: Vec::new(),
+            rows: BTreeMap::new(),
+        }
     }
 
     fn set(&mut self, cycle: u32, column: &str, cell: String) {
@@ -70,7 +73,9 @@ impl Table {
         let picked: Vec<u32> = if cycles.len() <= TABLE_ROWS {
             cycles.clone()
         } else {
-            let mut p: Vec<u32> = (0..TABLE_ROWS).map(|i| cycles[i * (cycles.len() - 1) / (TABLE_ROWS - 1)]).collect();
+            let mut p: Vec<u32> = (0..TABLE_ROWS)
+                .map(|i| cycles[i * (cycles.len() - 1) / (TABLE_ROWS - 1)])
+                .collect();
             p.dedup();
             p
         };
@@ -78,7 +83,9 @@ impl Table {
         if picked.len() < cycles.len() {
             let _ = write!(out, "; {} evenly spaced cycles shown", picked.len());
         }
-        out.push_str(")</summary><div class=\"tablewrap\"><table><thead><tr><th>cycle</th><th>status</th>");
+        out.push_str(
+            ")</summary><div class=\"tablewrap\"><table><thead><tr><th>cycle</th><th>status</th>",
+        );
         for c in &self.columns {
             let _ = write!(out, "<th>{}</th>", esc(c));
         }
@@ -86,9 +93,18 @@ impl Table {
         for cy in picked {
             let row = &self.rows[&cy];
             let st = ctx.status(cy);
-            let _ = write!(out, "<tr><td>{cy}</td><td class=\"status-{}\">{}</td>", esc(st), esc(st));
+            let _ = write!(
+                out,
+                "<tr><td>{cy}</td><td class=\"status-{}\">{}</td>",
+                esc(st),
+                esc(st)
+            );
             for i in 0..self.columns.len() {
-                let _ = write!(out, "<td>{}</td>", esc(row.get(i).map(String::as_str).unwrap_or("")));
+                let _ = write!(
+                    out,
+                    "<td>{}</td>",
+                    esc(row.get(i).map(String::as_str).unwrap_or(""))
+                );
             }
             out.push_str("</tr>");
         }
@@ -100,8 +116,19 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map(f).unwrap_or_else(|| "–".to_string())
 }
 
-fn section(out: &mut String, ctx: &Ctx, heading: &str, svg: &str, note: Option<String>, table: &Table) {
-    let _ = write!(out, "<section class=\"plot\"><h2>{}</h2>{svg}", esc(heading));
+fn section(
+    out: &mut String,
+    ctx: &Ctx,
+    heading: &str,
+    svg: &str,
+    note: Option<String>,
+    table: &Table,
+) {
+    let _ = write!(
+        out,
+        "<section class=\"plot\"><h2>{}</h2>{svg}",
+        esc(heading)
+    );
     if let Some(n) = note {
         let _ = write!(out, "<p class=\"note\">{}</p>", esc(&n));
     }
@@ -114,7 +141,11 @@ fn header(out: &mut String, d: &ReportData) {
     let _ = write!(
         out,
         "<h1>evolve run {} — {}</h1><p class=\"sub\">curriculum <code>{}</code> · preset <code>{}</code> · budget <code>{}</code></p>",
-        r.run_id, esc(&r.status), esc(&r.curriculum), esc(&r.preset), esc(&r.budget)
+        r.run_id,
+        esc(&r.status),
+        esc(&r.curriculum),
+        esc(&r.preset),
+        esc(&r.budget)
     );
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for c in d.cycles.iter().filter(|c| c.cycle != 0) {
@@ -127,9 +158,19 @@ fn header(out: &mut String, d: &ReportData) {
         .filter(|c| c.status == "accepted" || c.cycle == 0)
         .max_by_key(|c| c.cycle);
     let mut items: Vec<(&str, String)> = vec![
-        ("status", format!("<span class=\"status-{}\">{}</span>", esc(&r.status), esc(&r.status))),
+        (
+            "status",
+            format!(
+                "<span class=\"status-{}\">{}</span>",
+                esc(&r.status),
+                esc(&r.status)
+            ),
+        ),
         ("started", esc(&r.started_at)),
-        ("finished", esc(r.finished_at.as_deref().unwrap_or("— (not finished)"))),
+        (
+            "finished",
+            esc(r.finished_at.as_deref().unwrap_or("— (not finished)")),
+        ),
         ("stop reason", esc(r.stop_reason.as_deref().unwrap_or("—"))),
         (
             "cycles (excluding base)",
@@ -138,7 +179,9 @@ fn header(out: &mut String, d: &ReportData) {
             } else {
                 counts
                     .iter()
-                    .map(|(s, n)| format!("<span class=\"status-{}\">{n} {}</span>", esc(s), esc(s)))
+                    .map(|(s, n)| {
+                        format!("<span class=\"status-{}\">{n} {}</span>", esc(s), esc(s))
+                    })
                     .collect::<Vec<_>>()
                     .join(" · ")
             },
@@ -149,14 +192,37 @@ fn header(out: &mut String, d: &ReportData) {
         let hash = c.checkpoint_hash.as_deref().unwrap_or("—");
         items.push((
             "latest accepted checkpoint",
-            format!("cycle {} · <code title=\"{}\">{}</code>", c.cycle, esc(hash), esc(&truncate(hash, 17))),
+            format!(
+                "cycle {} · <code title=\"{}\">{}</code>",
+                c.cycle,
+                esc(hash),
+                esc(&truncate(hash, 17))
+            ),
         ));
     }
-    let gpu: f64 = d.budget.iter().map(|b| b.gpu_seconds).filter(|v| v.is_finite()).sum();
-    let busy: f64 = d.budget.iter().map(|b| b.busy_seconds).filter(|v| v.is_finite()).sum();
-    let cost: f64 = d.budget.iter().map(|b| b.cost_usd).filter(|v| v.is_finite()).sum();
+    let gpu: f64 = d
+        .budget
+        .iter()
+        .map(|b| b.gpu_seconds)
+        .filter(|v| v.is_finite())
+        .sum();
+    let busy: f64 = d
+        .budget
+        .iter()
+        .map(|b| b.busy_seconds)
+        .filter(|v| v.is_finite())
+        .sum();
+    let cost: f64 = d
+        .budget
+        .iter()
+        .map(|b| b.cost_usd)
+        .filter(|v| v.is_finite())
+        .sum();
     if !d.budget.is_empty() {
-        items.push(("GPU / busy seconds", format!("{} / {}", fmt_num(gpu), fmt_num(busy))));
+        items.push((
+            "GPU / busy seconds",
+            format!("{} / {}", fmt_num(gpu), fmt_num(busy)),
+        ));
         items.push(("cost", format!("${}", trim(cost, 2))));
     }
     out.push_str("<div class=\"summary\">");
@@ -185,7 +251,15 @@ pub fn page(d: &ReportData) -> String {
     let (svg, note) = plots::accuracy(&ctx, d, &mut w);
     let mut t = Table::new();
     for p in &d.suites {
-        t.set(p.cycle, &p.suite, if p.accuracy.is_finite() { fmt_pct(p.accuracy) } else { p.accuracy.to_string() });
+        t.set(
+            p.cycle,
+            &p.suite,
+            if p.accuracy.is_finite() {
+                fmt_pct(p.accuracy)
+            } else {
+                p.accuracy.to_string()
+            },
+        );
     }
     section(&mut body, &ctx, "Accuracy per suite", &svg, note, &t);
 
@@ -193,22 +267,38 @@ pub fn page(d: &ReportData) -> String {
     let mut t = Table::new();
     for p in &d.refusal {
         t.set(p.cycle, "refusal rate", opt(p.refusal_rate, fmt_pct));
-        t.set(p.cycle, "over-refusal rate", opt(p.over_refusal_rate, fmt_pct));
+        t.set(
+            p.cycle,
+            "over-refusal rate",
+            opt(p.over_refusal_rate, fmt_pct),
+        );
     }
     section(&mut body, &ctx, "Refusal", &svg, note, &t);
 
     let (svg, note) = plots::proxy_gap(&ctx, d, &mut w);
     let mut t = Table::new();
     for p in &d.proxy_gap {
-        t.set(p.cycle, &format!("{} AUC", p.skill), opt(p.auc, |v| trim(v, 3)));
-        t.set(p.cycle, &format!("{} calibration error", p.skill), opt(p.calibration_error, |v| trim(v, 3)));
+        t.set(
+            p.cycle,
+            &format!("{} AUC", p.skill),
+            opt(p.auc, |v| trim(v, 3)),
+        );
+        t.set(
+            p.cycle,
+            &format!("{} calibration error", p.skill),
+            opt(p.calibration_error, |v| trim(v, 3)),
+        );
     }
     section(&mut body, &ctx, "Proxy gap", &svg, note, &t);
 
     let svg = plots::training_mix(&ctx, d, &mut w);
     let mut t = Table::new();
     for p in &d.training_mix {
-        t.set(p.cycle, &p.skill, format!("{} ({})", p.examples, opt(p.share, fmt_pct)));
+        t.set(
+            p.cycle,
+            &p.skill,
+            format!("{} ({})", p.examples, opt(p.share, fmt_pct)),
+        );
     }
     section(&mut body, &ctx, "Training mix", &svg, None, &t);
 
@@ -216,7 +306,11 @@ pub fn page(d: &ReportData) -> String {
     let mut t = Table::new();
     for p in &d.compression {
         let ok = if p.lossless { "" } else { " NOT lossless" };
-        t.set(p.cycle, &p.codec, format!("{}{ok}", opt(p.ratio, |v| format!("{}×", trim(v, 3)))));
+        t.set(
+            p.cycle,
+            &p.codec,
+            format!("{}{ok}", opt(p.ratio, |v| format!("{}×", trim(v, 3)))),
+        );
     }
     section(&mut body, &ctx, "Compression", &svg, note, &t);
 
@@ -226,7 +320,12 @@ pub fn page(d: &ReportData) -> String {
         t.set(
             p.cycle,
             &p.role,
-            format!("{} busy s · {} GPU s · ${}", fmt_num(p.busy_seconds), fmt_num(p.gpu_seconds), trim(p.cost_usd, 2)),
+            format!(
+                "{} busy s · {} GPU s · ${}",
+                fmt_num(p.busy_seconds),
+                fmt_num(p.gpu_seconds),
+                trim(p.cost_usd, 2)
+            ),
         );
     }
     section(&mut body, &ctx, "Budget", &svg, None, &t);

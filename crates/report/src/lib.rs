@@ -188,20 +188,32 @@ pub fn render_html(data: &ReportData) -> String {
 
 /// Writes `dir/index.html` atomically, creating `dir` if needed, and returns the page's path.
 pub fn write_report(dir: &Path, data: &ReportData) -> Result<PathBuf, ReportError> {
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir { dir: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join("index.html");
     let page = render_html(data);
-    let err = |source| ReportError::Write { path: path.clone(), source };
+    let err = |source| ReportError::Write {
+        path: path.clone(),
+        source,
+    };
     // The temp file lives in the target directory so the rename cannot cross filesystems
     // (which would not be atomic), and is removed by its Drop if anything below fails.
-    let mut tmp = tempfile::Builder::new().prefix(".index.html.").suffix(".tmp").tempfile_in(dir).map_err(err)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".index.html.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(err)?;
     tmp.write_all(page.as_bytes()).map_err(err)?;
     // Temp files are created 0600; a report is meant to be shared (served, copied), so it
     // gets the usual mode of a document.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(err)?;
     }
     // fsync before the rename: otherwise a crash can leave the new name pointing at an empty
     // file on filesystems that reorder metadata and data writes.

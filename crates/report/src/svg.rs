@@ -53,7 +53,11 @@ impl Scale {
     pub fn new(d0: f64, d1: f64, r0: f64, r1: f64) -> Scale {
         // A zero-width domain would divide by zero; widen it symmetrically so a single value
         // is drawn in the middle rather than at infinity.
-        let (d0, d1) = if d1 > d0 { (d0, d1) } else { (d0 - 0.5, d0 + 0.5) };
+        let (d0, d1) = if d1 > d0 {
+            (d0, d1)
+        } else {
+            (d0 - 0.5, d0 + 0.5)
+        };
         Scale { d0, d1, r0, r1 }
     }
 
@@ -91,7 +95,11 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize, integer: bool) -> Vec<f64> {
         // Normalise float noise such as 0.6000000000000001 (= 3 * 0.2): a step below 1 is
         // 1/n for an integer n (1, 2 or 5 times a power of ten), and k/n rounds correctly.
         let k_int = (t / step).round();
-        let t = if step < 1.0 { k_int / (1.0 / step).round() } else { k_int * step };
+        let t = if step < 1.0 {
+            k_int / (1.0 / step).round()
+        } else {
+            k_int * step
+        };
         ticks.push(if t == 0.0 { 0.0 } else { t });
         k += 1.0;
     }
@@ -101,9 +109,17 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize, integer: bool) -> Vec<f64> {
 /// Rounds the domain outwards to the enclosing nice ticks, so the axis starts and ends on a
 /// labelled value.
 pub fn nice_domain(lo: f64, hi: f64, target: usize) -> (f64, f64) {
-    let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 1.0, hi + 1.0) };
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 1.0, hi + 1.0)
+    };
     let ticks = nice_ticks(lo, hi, target, false);
-    let step = if ticks.len() >= 2 { ticks[1] - ticks[0] } else { hi - lo };
+    let step = if ticks.len() >= 2 {
+        ticks[1] - ticks[0]
+    } else {
+        hi - lo
+    };
     ((lo / step).floor() * step, (hi / step).ceil() * step)
 }
 
@@ -125,8 +141,16 @@ pub fn fmt_num(v: f64) -> String {
 /// Fixed decimals with trailing zeros removed (`1.50` -> `1.5`, `2.00` -> `2`).
 pub fn trim(v: f64, decimals: usize) -> String {
     let s = format!("{v:.decimals$}");
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
-    if s == "-0" { "0".to_string() } else { s.to_string() }
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 pub fn fmt_pct(v: f64) -> String {
@@ -170,23 +194,50 @@ pub fn axes(out: &mut String, f: &Frame, x: &Axis, y: &Axis) {
     out.push_str("<g class=\"grid\" stroke=\"#e3e3e3\" stroke-width=\"1\">");
     for t in &y.ticks {
         let py = y.scale.map(*t);
-        let _ = write!(out, "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>", c(f.left), c(f.right()), c(py), c(py));
+        let _ = write!(
+            out,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>",
+            c(f.left),
+            c(f.right()),
+            c(py),
+            c(py)
+        );
     }
     out.push_str("</g>");
     out.push_str("<g class=\"axis\" stroke=\"#444\" stroke-width=\"1\" fill=\"none\">");
     let _ = write!(
         out,
         "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/><line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>",
-        c(f.left), c(f.right()), c(f.bottom()), c(f.bottom()),
-        c(f.left), c(f.left), c(f.top), c(f.bottom())
+        c(f.left),
+        c(f.right()),
+        c(f.bottom()),
+        c(f.bottom()),
+        c(f.left),
+        c(f.left),
+        c(f.top),
+        c(f.bottom())
     );
     for t in &x.ticks {
         let px = x.scale.map(*t);
-        let _ = write!(out, "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>", c(px), c(px), c(f.bottom()), c(f.bottom() + 5.0));
+        let _ = write!(
+            out,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>",
+            c(px),
+            c(px),
+            c(f.bottom()),
+            c(f.bottom() + 5.0)
+        );
     }
     for t in &y.ticks {
         let py = y.scale.map(*t);
-        let _ = write!(out, "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>", c(f.left - 5.0), c(f.left), c(py), c(py));
+        let _ = write!(
+            out,
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\"/>",
+            c(f.left - 5.0),
+            c(f.left),
+            c(py),
+            c(py)
+        );
     }
     out.push_str("</g>");
     out.push_str("<g class=\"ticks\" font-size=\"11\" fill=\"#333\">");
@@ -194,34 +245,47 @@ pub fn axes(out: &mut String, f: &Frame, x: &Axis, y: &Axis) {
         let _ = write!(
             out,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            c(x.scale.map(*t)), c(f.bottom() + 18.0), esc(&(x.fmt)(*t))
+            c(x.scale.map(*t)),
+            c(f.bottom() + 18.0),
+            esc(&(x.fmt)(*t))
         );
     }
     for t in &y.ticks {
         let _ = write!(
             out,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
-            c(f.left - 8.0), c(y.scale.map(*t) + 4.0), esc(&(y.fmt)(*t))
+            c(f.left - 8.0),
+            c(y.scale.map(*t) + 4.0),
+            esc(&(y.fmt)(*t))
         );
     }
     out.push_str("</g>");
     let _ = write!(
         out,
         "<text class=\"axis-label\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"12\" fill=\"#222\">{}</text>",
-        c(f.left + f.width / 2.0), c(f.bottom() + 38.0), esc(x.label)
+        c(f.left + f.width / 2.0),
+        c(f.bottom() + 38.0),
+        esc(x.label)
     );
     let (lx, ly) = (f.left - 52.0, f.top + f.height / 2.0);
     let _ = write!(
         out,
         "<text class=\"axis-label\" x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"12\" fill=\"#222\" transform=\"rotate(-90 {} {})\">{}</text>",
-        c(lx), c(ly), c(lx), c(ly), esc(y.label)
+        c(lx),
+        c(ly),
+        c(lx),
+        c(ly),
+        esc(y.label)
     );
 }
 
 /// What a legend entry shows in front of its label.
 pub enum Swatch<'a> {
     /// A line sample; `dash` is an SVG `stroke-dasharray` value.
-    Line { color: &'a str, dash: Option<&'a str> },
+    Line {
+        color: &'a str,
+        dash: Option<&'a str>,
+    },
     /// A filled square, for bar segments.
     Box { color: &'a str },
     /// A marker sample, drawn by the same function the chart uses.
@@ -238,11 +302,23 @@ const LEGEND_CHARS: usize = 36;
 
 /// Draws the legend as a column starting at (`x`, `y`). Returns the y just below it so callers
 /// can size the `<svg>` to fit long legends.
-pub fn legend(out: &mut String, x: f64, y: f64, title: Option<&str>, entries: &[LegendEntry]) -> f64 {
+pub fn legend(
+    out: &mut String,
+    x: f64,
+    y: f64,
+    title: Option<&str>,
+    entries: &[LegendEntry],
+) -> f64 {
     let mut y = y;
     out.push_str("<g class=\"legend\" font-size=\"11\" fill=\"#222\">");
     if let Some(t) = title {
-        let _ = write!(out, "<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text>", c(x), c(y + 4.0), esc(t));
+        let _ = write!(
+            out,
+            "<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text>",
+            c(x),
+            c(y + 4.0),
+            esc(t)
+        );
         y += LEGEND_ROW;
     }
     for e in entries {
@@ -251,12 +327,23 @@ pub fn legend(out: &mut String, x: f64, y: f64, title: Option<&str>, entries: &[
                 let _ = write!(
                     out,
                     "<line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"{}/>",
-                    c(x), c(x + 24.0), c(y), c(y), color,
-                    dash.map(|d| format!(" stroke-dasharray=\"{d}\"")).unwrap_or_default()
+                    c(x),
+                    c(x + 24.0),
+                    c(y),
+                    c(y),
+                    color,
+                    dash.map(|d| format!(" stroke-dasharray=\"{d}\""))
+                        .unwrap_or_default()
                 );
             }
             Swatch::Box { color } => {
-                let _ = write!(out, "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"10\" fill=\"{}\"/>", c(x + 5.0), c(y - 5.0), color);
+                let _ = write!(
+                    out,
+                    "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"10\" fill=\"{}\"/>",
+                    c(x + 5.0),
+                    c(y - 5.0),
+                    color
+                );
             }
             Swatch::Marker(m) => marker(out, x + 12.0, y, MARKER_R, m, None),
         }
@@ -285,7 +372,9 @@ pub enum MarkerStyle<'a> {
 pub const MARKER_R: f64 = 3.5;
 
 pub fn marker(out: &mut String, x: f64, y: f64, r: f64, m: &MarkerStyle, title: Option<&str>) {
-    let t = title.map(|t| format!("<title>{}</title>", esc(t))).unwrap_or_default();
+    let t = title
+        .map(|t| format!("<title>{}</title>", esc(t)))
+        .unwrap_or_default();
     let close = |out: &mut String, tag: &str| {
         if t.is_empty() {
             out.push_str("/>");
@@ -295,14 +384,25 @@ pub fn marker(out: &mut String, x: f64, y: f64, r: f64, m: &MarkerStyle, title: 
     };
     match m {
         MarkerStyle::Filled { color } => {
-            let _ = write!(out, "<circle class=\"mk-filled\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{}\" stroke=\"{}\"", c(x), c(y), r, color, color);
+            let _ = write!(
+                out,
+                "<circle class=\"mk-filled\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{}\" stroke=\"{}\"",
+                c(x),
+                c(y),
+                r,
+                color,
+                color
+            );
             close(out, "circle");
         }
         MarkerStyle::Hollow { stroke } => {
             let _ = write!(
                 out,
                 "<circle class=\"mk-hollow\" cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"#fff\" stroke=\"{}\" stroke-width=\"1.5\"",
-                c(x), c(y), r, stroke
+                c(x),
+                c(y),
+                r,
+                stroke
             );
             close(out, "circle");
         }
@@ -310,7 +410,15 @@ pub fn marker(out: &mut String, x: f64, y: f64, r: f64, m: &MarkerStyle, title: 
             let _ = write!(
                 out,
                 "<path class=\"mk-cross\" d=\"M{} {}L{} {}M{} {}L{} {}\" stroke=\"{}\" stroke-width=\"2\" fill=\"none\"",
-                c(x - r), c(y - r), c(x + r), c(y + r), c(x - r), c(y + r), c(x + r), c(y - r), stroke
+                c(x - r),
+                c(y - r),
+                c(x + r),
+                c(y + r),
+                c(x - r),
+                c(y + r),
+                c(x + r),
+                c(y - r),
+                stroke
             );
             close(out, "path");
         }
@@ -324,8 +432,13 @@ pub fn no_data(out: &mut String, f: &Frame, message: &str) {
         out,
         "<rect class=\"no-data\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#f7f7f7\" stroke=\"#bbb\" stroke-dasharray=\"6 4\"/>\
          <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"16\" fill=\"#555\">{}</text>",
-        c(f.left), c(f.top), c(f.width), c(f.height),
-        c(f.left + f.width / 2.0), c(f.top + f.height / 2.0), esc(message)
+        c(f.left),
+        c(f.top),
+        c(f.width),
+        c(f.height),
+        c(f.left + f.width / 2.0),
+        c(f.top + f.height / 2.0),
+        esc(message)
     );
 }
 
@@ -352,9 +465,19 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(nice_ticks(0.0, 1.0, 5, false), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
-        assert_eq!(nice_ticks(-0.5, 9.5, 8, true), vec![0.0, 2.0, 4.0, 6.0, 8.0]);
-        assert_eq!(nice_ticks(-0.5, 3.5, 10, true), vec![0.0, 1.0, 2.0, 3.0], "cycle ticks stay integers");
+        assert_eq!(
+            nice_ticks(0.0, 1.0, 5, false),
+            vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+        );
+        assert_eq!(
+            nice_ticks(-0.5, 9.5, 8, true),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0]
+        );
+        assert_eq!(
+            nice_ticks(-0.5, 3.5, 10, true),
+            vec![0.0, 1.0, 2.0, 3.0],
+            "cycle ticks stay integers"
+        );
         let big = nice_ticks(-0.5, 9999.5, 8, true);
         assert_eq!(big.first(), Some(&0.0));
         assert!(big.len() <= 12 && big.len() >= 4, "{big:?}");

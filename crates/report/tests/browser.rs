@@ -21,8 +21,14 @@ use evolve_report::{ReportData, render_html, write_report};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const TIMEOUT: Duration = Duration::from_secs(120);
-const PLOT_IDS: [&str; 6] =
-    ["plot-accuracy", "plot-refusal", "plot-proxy-gap", "plot-training-mix", "plot-compression", "plot-budget"];
+const PLOT_IDS: [&str; 6] = [
+    "plot-accuracy",
+    "plot-refusal",
+    "plot-proxy-gap",
+    "plot-training-mix",
+    "plot-compression",
+    "plot-budget",
+];
 
 fn fixture() -> ReportData {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run7.json");
@@ -38,7 +44,9 @@ fn chromium() -> Option<PathBuf> {
         return None;
     }
     // EVOLVE_CHROMIUM points at another build (a developer's non-Debian machine).
-    let p = std::env::var_os("EVOLVE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(CHROMIUM));
+    let p = std::env::var_os("EVOLVE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CHROMIUM));
     assert!(
         p.is_file(),
         "{} not found: install Debian's `chromium` package (sudo apt-get install -y chromium), \
@@ -90,23 +98,36 @@ fn run_chromium(bin: &Path, work: &Path, page: &Path, extra: &[String]) -> Outpu
         if start.elapsed() > TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("chromium did not finish within {TIMEOUT:?} on {}", page.display());
+            panic!(
+                "chromium did not finish within {TIMEOUT:?} on {}",
+                page.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(status.success(), "chromium failed ({status}) on {}:\n{stderr}", page.display());
+    assert!(
+        status.success(),
+        "chromium failed ({status}) on {}:\n{stderr}",
+        page.display()
+    );
     Output { stdout, stderr }
 }
 
 /// The console lines Chromium logged: console.* calls, uncaught exceptions, CSP violations.
 fn console_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught")).collect()
+    stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
+        .collect()
 }
 
 fn png_size(bytes: &[u8]) -> (u32, u32) {
-    assert!(bytes.len() > 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        bytes.len() > 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "not a PNG"
+    );
     assert_eq!(&bytes[12..16], b"IHDR", "PNG without IHDR");
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&bytes[16..20]), be(&bytes[20..24]))
@@ -123,7 +144,9 @@ fn report_renders_in_headless_chromium() {
     std::fs::write(&broken, "<!DOCTYPE html><html><body><p>x</p><script>throw new Error('deliberate')</script></body></html>").unwrap();
     let out = run_chromium(&bin, work.path(), &broken, &["--dump-dom".into()]);
     assert!(
-        console_lines(&out.stderr).iter().any(|l| l.contains("Uncaught Error: deliberate")),
+        console_lines(&out.stderr)
+            .iter()
+            .any(|l| l.contains("Uncaught Error: deliberate")),
         "the console check did not see a deliberately thrown error; it cannot be trusted:\n{}",
         out.stderr
     );
@@ -131,11 +154,16 @@ fn report_renders_in_headless_chromium() {
     // Control 2: the real page with an external image injected: its CSP must block the
     // request, and the block must show up in the console check.
     let leaky = work.path().join("leaky.html");
-    let page = render_html(&data).replace("<main>", "<main><img src=\"http://example.invalid/x.png\" alt=\"\">");
+    let page = render_html(&data).replace(
+        "<main>",
+        "<main><img src=\"http://example.invalid/x.png\" alt=\"\">",
+    );
     std::fs::write(&leaky, page).unwrap();
     let out = run_chromium(&bin, work.path(), &leaky, &["--dump-dom".into()]);
     assert!(
-        console_lines(&out.stderr).iter().any(|l| l.contains("Content Security Policy")),
+        console_lines(&out.stderr)
+            .iter()
+            .any(|l| l.contains("Content Security Policy")),
         "an external request in the report was not reported as a CSP violation:\n{}",
         out.stderr
     );
@@ -144,17 +172,31 @@ fn report_renders_in_headless_chromium() {
     let index = write_report(&work.path().join("report"), &data).expect("write report");
     let out = run_chromium(&bin, work.path(), &index, &["--dump-dom".into()]);
     let console = console_lines(&out.stderr);
-    assert!(console.is_empty(), "the report produced console messages:\n{}", console.join("\n"));
+    assert!(
+        console.is_empty(),
+        "the report produced console messages:\n{}",
+        console.join("\n")
+    );
     let dom = &out.stdout;
     assert!(dom.contains("</html>"), "no DOM dumped:\n{}", out.stderr);
     for id in PLOT_IDS {
         let tag = format!("<svg id=\"{id}\"");
-        assert_eq!(dom.matches(&tag).count(), 1, "{id} missing (or duplicated) in the rendered DOM");
+        assert_eq!(
+            dom.matches(&tag).count(),
+            1,
+            "{id} missing (or duplicated) in the rendered DOM"
+        );
     }
     // The browser parsed the escaped suite name back into text: it shows up escaped in the
     // serialised DOM and was never turned into an element.
-    assert!(dom.contains("regex &lt;match&gt; &amp; co"), "escaped suite name missing from DOM");
-    assert!(!dom.contains("<match>"), "suite name leaked into the DOM as markup");
+    assert!(
+        dom.contains("regex &lt;match&gt; &amp; co"),
+        "escaped suite name missing from DOM"
+    );
+    assert!(
+        !dom.contains("<match>"),
+        "suite name leaked into the DOM as markup"
+    );
     // The empty proxy-gap series is a labelled panel, not an empty axis.
     assert!(dom.contains("No proxy-gap data recorded"));
 
@@ -163,14 +205,27 @@ fn report_renders_in_headless_chromium() {
         &bin,
         work.path(),
         &index,
-        &[format!("--screenshot={}", shot.display()), "--window-size=1400,3000".into(), "--hide-scrollbars".into()],
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1400,3000".into(),
+            "--hide-scrollbars".into(),
+        ],
     );
     let console = console_lines(&out.stderr);
-    assert!(console.is_empty(), "the report produced console messages:\n{}", console.join("\n"));
-    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}\n{}", shot.display(), out.stderr));
+    assert!(
+        console.is_empty(),
+        "the report produced console messages:\n{}",
+        console.join("\n")
+    );
+    let png = std::fs::read(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot at {}: {e}\n{}", shot.display(), out.stderr));
     assert_eq!(png_size(&png), (1400, 3000));
     // A blank 1400x3000 page compresses to a few kB; six plots with text are far larger.
-    assert!(png.len() > 100_000, "screenshot suspiciously small ({} bytes)", png.len());
+    assert!(
+        png.len() > 100_000,
+        "screenshot suspiciously small ({} bytes)",
+        png.len()
+    );
     if let Ok(keep) = std::env::var("EVOLVE_REPORT_SCREENSHOT") {
         std::fs::copy(&shot, &keep).expect("copy screenshot");
     }

@@ -10,13 +10,27 @@ fn fixture() -> ReportData {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-const PLOT_IDS: [&str; 6] =
-    ["plot-accuracy", "plot-refusal", "plot-proxy-gap", "plot-training-mix", "plot-compression", "plot-budget"];
+const PLOT_IDS: [&str; 6] = [
+    "plot-accuracy",
+    "plot-refusal",
+    "plot-proxy-gap",
+    "plot-training-mix",
+    "plot-compression",
+    "plot-budget",
+];
 
 fn assert_six_plots(page: &str) {
     for id in PLOT_IDS {
-        assert_eq!(page.matches(&format!("<svg id=\"{id}\"")).count(), 1, "{id}");
-        assert_eq!(page.matches(&format!("<title id=\"{id}-title\">")).count(), 1, "{id} title");
+        assert_eq!(
+            page.matches(&format!("<svg id=\"{id}\"")).count(),
+            1,
+            "{id}"
+        );
+        assert_eq!(
+            page.matches(&format!("<title id=\"{id}-title\">")).count(),
+            1,
+            "{id} title"
+        );
     }
 }
 
@@ -43,7 +57,11 @@ fn page_is_self_contained_with_six_plots_and_a_header() {
     }
     assert!(page.contains("Content-Security-Policy"));
     // The tables are there for screen readers and copy-paste.
-    assert_eq!(page.matches("<details>").count(), 5, "every plot with data has a table");
+    assert_eq!(
+        page.matches("<details>").count(),
+        5,
+        "every plot with data has a table"
+    );
 }
 
 #[test]
@@ -83,22 +101,58 @@ fn ten_thousand_cycles_stay_small() {
             4 if c % 1000 == 4 => "failed",
             _ => "accepted",
         };
-        d.cycles.push(CyclePoint { cycle: c, status: status.into(), checkpoint_hash: Some(format!("{c:064x}")), examples_trained: 1000 });
+        d.cycles.push(CyclePoint {
+            cycle: c,
+            status: status.into(),
+            checkpoint_hash: Some(format!("{c:064x}")),
+            examples_trained: 1000,
+        });
         for s in 0..suites {
             let acc = ((c as f64 / 2000.0 + s as f64 / 10.0).sin() + 1.0) / 2.0;
             let role = if s < 5 { "mastered" } else { "frontier" };
-            d.suites.push(SuitePoint { suite: format!("suite-{s}"), skill: format!("skill-{s}"), role: role.into(), cycle: c, accuracy: acc });
+            d.suites.push(SuitePoint {
+                suite: format!("suite-{s}"),
+                skill: format!("skill-{s}"),
+                role: role.into(),
+                cycle: c,
+                accuracy: acc,
+            });
         }
-        d.refusal.push(RefusalPoint { cycle: c, refusal_rate: Some(0.9), over_refusal_rate: Some(0.1) });
-        d.proxy_gap.push(ProxyGapPoint { cycle: c, skill: "skill-0".into(), auc: Some(0.7), calibration_error: Some(0.05) });
+        d.refusal.push(RefusalPoint {
+            cycle: c,
+            refusal_rate: Some(0.9),
+            over_refusal_rate: Some(0.1),
+        });
+        d.proxy_gap.push(ProxyGapPoint {
+            cycle: c,
+            skill: "skill-0".into(),
+            auc: Some(0.7),
+            calibration_error: Some(0.05),
+        });
         for s in 0..5 {
-            d.training_mix.push(MixPoint { cycle: c, skill: format!("skill-{s}"), examples: 100 + s, share: None });
+            d.training_mix.push(MixPoint {
+                cycle: c,
+                skill: format!("skill-{s}"),
+                examples: 100 + s,
+                share: None,
+            });
         }
         for codec in ["zstd", "byteplane-zstd"] {
-            d.compression.push(CompressionPoint { cycle: c, codec: codec.into(), ratio: Some(1.1 + (c % 13) as f64 / 100.0), lossless: true });
+            d.compression.push(CompressionPoint {
+                cycle: c,
+                codec: codec.into(),
+                ratio: Some(1.1 + (c % 13) as f64 / 100.0),
+                lossless: true,
+            });
         }
         for role in ["trainer", "generator", "evaluator"] {
-            d.budget.push(BudgetPoint { cycle: c, role: role.into(), gpu_seconds: 100.0, busy_seconds: 120.0, cost_usd: 0.07 });
+            d.budget.push(BudgetPoint {
+                cycle: c,
+                role: role.into(),
+                gpu_seconds: 100.0,
+                busy_seconds: 120.0,
+                cost_usd: 0.07,
+            });
         }
     }
     let start = std::time::Instant::now();
@@ -143,13 +197,23 @@ fn write_report_creates_the_directory_and_replaces_atomically() {
     let mut d2 = d.clone();
     d2.run.run_id = 8;
     write_report(&dir, &d2).unwrap();
-    assert!(std::fs::read_to_string(&path).unwrap().contains("evolve run 8"));
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("evolve run 8")
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("index.html")]);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
     }
 }
 
@@ -161,5 +225,8 @@ fn write_report_into_a_file_is_a_clear_error() {
     let err = write_report(&file, &fixture()).unwrap_err();
     assert!(matches!(err, ReportError::CreateDir { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("not-a-dir") && msg.contains("cannot create output directory"), "{msg}");
+    assert!(
+        msg.contains("not-a-dir") && msg.contains("cannot create output directory"),
+        "{msg}"
+    );
 }

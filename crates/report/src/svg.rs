@@ -72,55 +72,66 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize, integer: bool) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi < lo {
         return Vec::new();
     }
+    let step = nice_step(lo, hi, target, integer);
+    // The epsilons absorb float error so that a round `lo` or `hi` is itself a tick.
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    (first..=last.min(first + 1000))
+        .map(|k| snap(k, step))
+        .collect()
+}
+
+/// 1, 2 or 5 times a power of ten, giving about `target` intervals over `[lo, hi]`.
+fn nice_step(lo: f64, hi: f64, target: usize, integer: bool) -> f64 {
     let span = (hi - lo).max(f64::MIN_POSITIVE);
     let raw = span / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let mut step = [1.0, 2.0, 5.0, 10.0]
+    let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * mag)
         .find(|s| *s >= raw)
         .unwrap_or(10.0 * mag);
-    if integer {
-        step = step.max(1.0).round();
-    }
-    let first = (lo / step).ceil() * step;
-    let mut ticks = Vec::new();
-    let mut k = 0.0;
-    loop {
-        let t = first + k * step;
-        // The epsilon absorbs float error so that `hi` itself is a tick when it is round.
-        if t > hi + step * 1e-9 || ticks.len() > 1000 {
-            break;
-        }
-        // Normalise float noise such as 0.6000000000000001 (= 3 * 0.2): a step below 1 is
-        // 1/n for an integer n (1, 2 or 5 times a power of ten), and k/n rounds correctly.
-        let k_int = (t / step).round();
-        let t = if step < 1.0 {
-            k_int / (1.0 / step).round()
-        } else {
-            k_int * step
-        };
-        ticks.push(if t == 0.0 { 0.0 } else { t });
-        k += 1.0;
-    }
-    ticks
+    if integer { step.max(1.0).round() } else { step }
+}
+
+/// `k * step` without float noise such as 0.6000000000000001 (= 3 * 0.2): a step below 1 is
+/// 1/n for an integer n (1, 2 or 5 times a power of ten), and k/n rounds correctly.
+fn snap(k: i64, step: f64) -> f64 {
+    let t = if step < 1.0 {
+        k as f64 / (1.0 / step).round()
+    } else {
+        k as f64 * step
+    };
+    if t == 0.0 { 0.0 } else { t }
 }
 
 /// Rounds the domain outwards to the enclosing nice ticks, so the axis starts and ends on a
 /// labelled value.
 pub fn nice_domain(lo: f64, hi: f64, target: usize) -> (f64, f64) {
+    if !(lo.is_finite() && hi.is_finite()) {
+        return (0.0, 1.0);
+    }
     let (lo, hi) = if hi > lo {
         (lo, hi)
     } else {
         (lo - 1.0, hi + 1.0)
     };
-    let ticks = nice_ticks(lo, hi, target, false);
-    let step = if ticks.len() >= 2 {
-        ticks[1] - ticks[0]
-    } else {
-        hi - lo
-    };
-    ((lo / step).floor() * step, (hi / step).ceil() * step)
+    // Widening the domain can coarsen the step `nice_ticks` will pick for it (and leave an end
+    // unlabelled), so round again with the new step until it is stable; it settles in one or
+    // two rounds because the step only ever grows.
+    let (mut a, mut b) = (lo, hi);
+    for _ in 0..4 {
+        let step = nice_step(a, b, target, false);
+        let (na, nb) = (
+            snap((lo / step + 1e-9).floor() as i64, step),
+            snap((hi / step - 1e-9).ceil() as i64, step),
+        );
+        if (na, nb) == (a, b) {
+            break;
+        }
+        (a, b) = (na, nb);
+    }
+    (a, b)
 }
 
 /// Formats a number compactly for a tick label: no trailing zeros, thousands as `k`, millions
@@ -483,6 +494,29 @@ mod tests {
         assert!(big.len() <= 12 && big.len() >= 4, "{big:?}");
         assert!(nice_ticks(f64::NAN, 1.0, 5, false).is_empty());
         assert_eq!(nice_domain(1.13, 3.87, 5), (1.0, 4.0));
+        // A domain that lands on a round number keeps it as its first tick (float noise in
+        // k * step once dropped the bottom tick of the compression plot).
+        let (lo, hi) = nice_domain(1.0454, 1.255, 5);
+        assert_eq!((lo, hi), (1.0, 1.3));
+        assert_eq!(nice_ticks(lo, hi, 5, false), vec![1.0, 1.1, 1.2, 1.3]);
+        // Both ends of a nice domain are ticks.
+        for (a, b) in [
+            (1.05, 1.26),
+            (0.013, 0.97),
+            (3.0, 17.0),
+            (-2.5, 0.4),
+            (1234.0, 98765.0),
+        ] {
+            let (lo, hi) = nice_domain(a, b, 5);
+            let t = nice_ticks(lo, hi, 5, false);
+            assert_eq!(
+                (t.first().copied(), t.last().copied()),
+                (Some(lo), Some(hi)),
+                "{a}..{b}"
+            );
+            assert!(lo <= a && hi >= b);
+        }
+        assert_eq!(nice_domain(f64::INFINITY, f64::NEG_INFINITY, 5), (0.0, 1.0));
     }
 
     #[test]

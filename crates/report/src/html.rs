@@ -26,7 +26,7 @@ svg.plot{display:block;max-width:100%;height:auto}\
 details{margin-top:6px}summary{cursor:pointer;color:#245;font-size:13px}\
 .tablewrap{max-height:360px;overflow:auto;border:1px solid #eee;margin-top:6px}\
 table{border-collapse:collapse;font-size:12px}th,td{padding:2px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}\
-th{position:sticky;top:0;background:#f3f3f3}td:first-child,th:first-child{text-align:left}\
+th{position:sticky;top:0;background:#f3f3f3}td:nth-child(-n+2),th:nth-child(-n+2){text-align:left}\
 .warn{background:#fff6e5;border:1px solid #f0c36d;border-radius:6px;padding:8px 16px;margin-bottom:18px}\
 code{font-size:12px}";
 

@@ -6,7 +6,9 @@
 //! axes, ticks and a legend, followed by a collapsible data table: accuracy per suite,
 //! refusal / over-refusal, proxy gap, training mix, compression ratio, and budget per role.
 //! Lines follow the model's trajectory (the base and accepted cycles, filled markers); rejected
-//! candidates are hollow red markers off the line, failed cycles red crosses.
+//! candidates are hollow markers off the line (in the suite's colour, so it stays clear whose
+//! candidate it was), failed cycles red ticks above the plot (or red crosses where a failed
+//! cycle has a value).
 //!
 //! Architecture invariants:
 //! - Plain data in, HTML out. This crate knows nothing of the ledger, SQL, models or the CLI

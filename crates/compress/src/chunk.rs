@@ -73,12 +73,25 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
     }
 }
 
+/// Decodes a stream of `n` symbols: a raw stream is returned in place (no copy), anything else
+/// is decoded into `scratch`.
+fn stream_ref<'a>(bytes: &'a [u8], at: &mut usize, n: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8], CompressError> {
+    if bytes.get(*at) == Some(&RAW) {
+        let s = bytes.get(*at + 1..).and_then(|b| b.get(..n)).ok_or(CompressError::Truncated("raw stream"))?;
+        *at += 1 + n;
+        return Ok(s);
+    }
+    scratch.resize(n, 0);
+    get_stream(bytes, at, scratch)?;
+    Ok(scratch)
+}
+
 fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
     let tag = *bytes.get(*at).ok_or(CompressError::Truncated("stream tag"))?;
     *at += 1;
     match tag {
         RAW => {
-            let s = bytes.get(*at..*at + dst.len()).ok_or(CompressError::Truncated("raw stream"))?;
+            let s = bytes.get(*at..).and_then(|b| b.get(..dst.len())).ok_or(CompressError::Truncated("raw stream"))?;
             dst.copy_from_slice(s);
             *at += dst.len();
         }
@@ -104,56 +117,53 @@ fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
 
 fn split_f32(src: &[u8]) -> [Vec<u8>; 4] {
     let n = src.len() / 4;
-    let mut f: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; n]);
-    let [e, s2, s1, s0] = &mut f;
-    for (i, w) in src.chunks_exact(4).enumerate() {
+    let (mut e, mut s2, mut s1, mut s0) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for w in src.chunks_exact(4) {
         let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-        e[i] = (v >> 23) as u8;
-        s2[i] = ((v >> 24) & 0x80) as u8 | ((v >> 16) & 0x7f) as u8;
-        s1[i] = (v >> 8) as u8;
-        s0[i] = v as u8;
+        e.push((v >> 23) as u8);
+        s2.push(((v >> 24) & 0x80) as u8 | ((v >> 16) & 0x7f) as u8);
+        s1.push((v >> 8) as u8);
+        s0.push(v as u8);
     }
-    f
+    [e, s2, s1, s0]
 }
 
-fn merge_f32(f: &[Vec<u8>], dst: &mut [u8]) {
-    let (e, s2, s1, s0) = (&f[0], &f[1], &f[2], &f[3]);
-    for (i, w) in dst.chunks_exact_mut(4).enumerate() {
-        let v = (e[i] as u32) << 23 | ((s2[i] & 0x80) as u32) << 24 | ((s2[i] & 0x7f) as u32) << 16 | (s1[i] as u32) << 8 | s0[i] as u32;
+fn merge_f32(f: [&[u8]; 4], dst: &mut [u8]) {
+    let [e, s2, s1, s0] = f;
+    // Zipped iterators: no bounds checks in the loop, so it vectorises.
+    for ((((w, &e), &s2), &s1), &s0) in dst.chunks_exact_mut(4).zip(e).zip(s2).zip(s1).zip(s0) {
+        let v = (e as u32) << 23 | ((s2 & 0x80) as u32) << 24 | ((s2 & 0x7f) as u32) << 16 | (s1 as u32) << 8 | s0 as u32;
         w.copy_from_slice(&v.to_le_bytes());
     }
 }
 
 fn split_bf16(src: &[u8]) -> [Vec<u8>; 2] {
     let n = src.len() / 2;
-    let mut f: [Vec<u8>; 2] = std::array::from_fn(|_| vec![0u8; n]);
-    let [e, s] = &mut f;
-    for (i, w) in src.chunks_exact(2).enumerate() {
+    let (mut e, mut s) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for w in src.chunks_exact(2) {
         let v = u16::from_le_bytes([w[0], w[1]]);
-        e[i] = (v >> 7) as u8;
-        s[i] = ((v >> 8) & 0x80) as u8 | (v & 0x7f) as u8;
+        e.push((v >> 7) as u8);
+        s.push(((v >> 8) & 0x80) as u8 | (v & 0x7f) as u8);
     }
-    f
+    [e, s]
 }
 
-fn merge_bf16(f: &[Vec<u8>], dst: &mut [u8]) {
-    let (e, s) = (&f[0], &f[1]);
-    for (i, w) in dst.chunks_exact_mut(2).enumerate() {
-        let v = (e[i] as u16) << 7 | ((s[i] & 0x80) as u16) << 8 | (s[i] & 0x7f) as u16;
+fn merge_bf16(f: [&[u8]; 2], dst: &mut [u8]) {
+    let [e, s] = f;
+    for ((w, &e), &s) in dst.chunks_exact_mut(2).zip(e).zip(s) {
+        let v = (e as u16) << 7 | ((s & 0x80) as u16) << 8 | (s & 0x7f) as u16;
         w.copy_from_slice(&v.to_le_bytes());
     }
 }
 
-fn split_planes(src: &[u8], k: usize) -> Vec<Vec<u8>> {
-    (0..k).map(|p| src.iter().skip(p).step_by(k).copied().collect()).collect()
+fn split_planes(src: &[u8]) -> [Vec<u8>; 2] {
+    [src.iter().step_by(2).copied().collect(), src.iter().skip(1).step_by(2).copied().collect()]
 }
 
-fn merge_planes(f: &[Vec<u8>], dst: &mut [u8]) {
-    let k = f.len();
-    for (i, w) in dst.chunks_exact_mut(k).enumerate() {
-        for (p, b) in w.iter_mut().enumerate() {
-            *b = f[p][i];
-        }
+fn merge_planes(f: [&[u8]; 2], dst: &mut [u8]) {
+    for ((w, &lo), &hi) in dst.chunks_exact_mut(2).zip(f[0]).zip(f[1]) {
+        w[0] = lo;
+        w[1] = hi;
     }
 }
 
@@ -228,7 +238,7 @@ pub fn encode_chunk(raw: &[u8], parent: Option<&[u8]>, runs: &[Run], c0: usize, 
             _ if plan.zstd_only || opaque => put_stream(&mut out, src, true, plan),
             Kind::F32 => split_f32(src).iter().for_each(|f| put_stream(&mut out, f, false, plan)),
             Kind::Bf16 => split_bf16(src).iter().for_each(|f| put_stream(&mut out, f, false, plan)),
-            Kind::F16 | Kind::Other => split_planes(src, 2).iter().for_each(|f| put_stream(&mut out, f, false, plan)),
+            Kind::F16 | Kind::Other => split_planes(src).iter().for_each(|f| put_stream(&mut out, f, false, plan)),
         }
     }
     out
@@ -243,7 +253,7 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
         return Err(corrupt(format!("{n_segs} segments in a chunk of {} bytes", dst.len())));
     }
     let mut pos = 0usize;
-    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let mut scratch: [Vec<u8>; 4] = Default::default();
     for _ in 0..n_segs {
         let tag = *bytes.get(at).ok_or(CompressError::Truncated("segment kind"))?;
         at += 1;
@@ -266,15 +276,15 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
         if kind == Kind::Other || plan.zstd_only {
             get_stream(bytes, &mut at, out)?;
         } else {
-            fields.resize_with(k, Vec::new);
-            for f in fields.iter_mut() {
-                f.resize(len / k, 0);
-                get_stream(bytes, &mut at, f)?;
-            }
+            let m = len / k;
+            let [s0, s1, s2, s3] = &mut scratch;
             match kind {
-                Kind::F32 => merge_f32(&fields, out),
-                Kind::Bf16 => merge_bf16(&fields, out),
-                _ => merge_planes(&fields, out),
+                Kind::F32 => {
+                    let f = [stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?, stream_ref(bytes, &mut at, m, s2)?, stream_ref(bytes, &mut at, m, s3)?];
+                    merge_f32(f, out)
+                }
+                Kind::Bf16 => merge_bf16([stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?], out),
+                _ => merge_planes([stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?], out),
             }
         }
         if let Some(pb) = xor {

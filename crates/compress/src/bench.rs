@@ -26,8 +26,14 @@ pub struct BenchRow {
     pub raw_bytes: usize,
     pub stored_bytes: usize,
     pub ratio: f64,
+    /// Raw bytes per wall-clock second, best repeat.
     pub encode_gbps: f64,
     pub decode_gbps: f64,
+    /// Raw bytes per second of process CPU time (all threads), averaged over the repeats: the
+    /// per-core figure, far less sensitive than wall time to other jobs on a shared machine.
+    /// `None` where /proc/self/stat is unavailable.
+    pub encode_gbps_per_core: Option<f64>,
+    pub decode_gbps_per_core: Option<f64>,
     /// Caveats, e.g. measured on a prefix.
     pub note: String,
 }
@@ -52,18 +58,39 @@ fn all_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Best wall time in seconds of `f` over the repeats `bytes` asks for.
-fn best_of<T>(bytes: usize, opts: &BenchOptions, mut f: impl FnMut() -> T) -> (T, f64) {
+/// Process CPU time (user + system, all threads) in seconds, from /proc/self/stat.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI Rust targets.
+    Some(ticks / 100.0)
+}
+
+/// Timing of one operation: best wall time and mean CPU time per repeat.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+/// Times `f` over the repeats `bytes` asks for.
+fn best_of<T>(bytes: usize, opts: &BenchOptions, mut f: impl FnMut() -> T) -> (T, Timing) {
     let reps = (opts.min_bytes_timed / bytes.max(1)).clamp(1, 20);
     let mut best = f64::INFINITY;
     let mut out = None;
+    let c0 = cpu_seconds();
     for _ in 0..reps {
         let t = Instant::now();
         let v = f();
         best = best.min(t.elapsed().as_secs_f64());
         out = Some(v);
     }
-    (out.expect("at least one repeat"), best)
+    // CPU time ticks at 10 ms: only trusted when the repeats took long enough for it.
+    let cpu = c0.zip(cpu_seconds()).map(|(a, b)| (b - a) / reps as f64).filter(|&c| c * reps as f64 >= 0.2);
+    (out.expect("at least one repeat"), Timing { wall: best, cpu })
 }
 
 fn gbps(bytes: usize, secs: f64) -> f64 {
@@ -80,15 +107,17 @@ pub fn bench_with(inputs: &[BenchInput], opts: &BenchOptions) -> Result<Vec<Benc
     for inp in inputs {
         let raw = &inp.bytes;
         let n = raw.len();
-        let row = |method: &str, threads: usize, stored: usize, enc: f64, dec: f64, raw_bytes: usize, note: String| BenchRow {
+        let row = |method: &str, threads: usize, stored: usize, enc: Timing, dec: Timing, raw_bytes: usize, note: String| BenchRow {
             input: inp.name.clone(),
             method: method.to_string(),
             threads,
             raw_bytes,
             stored_bytes: stored,
             ratio: raw_bytes as f64 / stored.max(1) as f64,
-            encode_gbps: gbps(raw_bytes, enc),
-            decode_gbps: gbps(raw_bytes, dec),
+            encode_gbps: gbps(raw_bytes, enc.wall),
+            decode_gbps: gbps(raw_bytes, dec.wall),
+            encode_gbps_per_core: enc.cpu.map(|c| gbps(raw_bytes, c)),
+            decode_gbps_per_core: dec.cpu.map(|c| gbps(raw_bytes, c)),
             note,
         };
         let ours = |codec: Codec, parent: Option<&[u8]>, threads: usize, method: &str| -> Result<BenchRow, CompressError> {
@@ -120,14 +149,14 @@ pub fn bench_with(inputs: &[BenchInput], opts: &BenchOptions) -> Result<Vec<Benc
             let parent = inp.parent.as_deref();
             let t = Instant::now();
             let m = lowrank::measure(raw, parent, rank)?;
-            let te = t.elapsed().as_secs_f64();
+            let te = Timing { wall: t.elapsed().as_secs_f64(), cpu: None };
             let what = if parent.is_some() { "delta lowrank" } else { "lowrank" };
             rows.push(row(
                 &format!("{what} r={rank}"),
                 all_threads(),
                 m.stored_bytes,
                 te,
-                m.decode_secs,
+                Timing { wall: m.decode_secs, cpu: None },
                 n,
                 format!("{} of {} 2D tensors predicted; experiment, not a codec", m.tensors_predicted, m.tensors_2d),
             ));
@@ -138,13 +167,28 @@ pub fn bench_with(inputs: &[BenchInput], opts: &BenchOptions) -> Result<Vec<Benc
 
 /// Plain-text table, one row per (input, method).
 pub fn format_table(rows: &[BenchRow]) -> String {
-    let mut s = format!("{:<28} {:<20} {:>3} {:>12} {:>12} {:>7} {:>8} {:>8}  {}\n", "input", "method", "thr", "raw", "stored", "ratio", "enc GB/s", "dec GB/s", "note");
+    let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let mut s = format!(
+        "{:<20} {:<18} {:>3} {:>10} {:>10} {:>7} {:>8} {:>8} {:>9} {:>9}  {}\n",
+        "input", "method", "thr", "raw", "stored", "ratio", "enc GB/s", "dec GB/s", "enc /core", "dec /core", "note"
+    );
     for r in rows {
         s.push_str(&format!(
-            "{:<28} {:<20} {:>3} {:>12} {:>12} {:>7.3} {:>8.3} {:>8.3}  {}\n",
-            r.input, r.method, r.threads, r.raw_bytes, r.stored_bytes, r.ratio, r.encode_gbps, r.decode_gbps, r.note
+            "{:<20} {:<18} {:>3} {:>10} {:>10} {:>7.3} {:>8.3} {:>8.3} {:>9} {:>9}  {}\n",
+            r.input,
+            r.method,
+            r.threads,
+            r.raw_bytes,
+            r.stored_bytes,
+            r.ratio,
+            r.encode_gbps,
+            r.decode_gbps,
+            opt(r.encode_gbps_per_core),
+            opt(r.decode_gbps_per_core),
+            r.note
         ));
     }
+    s.push_str("GB/s: raw bytes per best wall-clock second; /core: raw bytes per CPU-second of all threads (mean).\n");
     s
 }
 
@@ -239,6 +283,6 @@ mod tests {
         // A child identical to its parent is almost free as a delta.
         let d = rows.iter().find(|r| r.method == "delta evolve-fp").unwrap();
         assert!(d.ratio > 100.0, "identical delta ratio {}", d.ratio);
-        assert!(format_table(&rows).lines().count() == rows.len() + 1);
+        assert_eq!(format_table(&rows).lines().count(), rows.len() + 2);
     }
 }

@@ -300,3 +300,45 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod speed {
+    /// `EVOLVE_ST=file cargo test --release -p evolve-compress exponent_coders -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn exponent_coders() {
+        let Ok(path) = std::env::var("EVOLVE_ST") else { return };
+        let raw = std::fs::read(path).unwrap();
+        let (he, _) = crate::layout::parse(&raw).unwrap();
+        let body = &raw[he..];
+        let body = &body[..body.len() / 4 * 4];
+        let f = super::split_f32(body);
+        for (name, s) in [("exp", &f[0]), ("sign+m7", &f[1])] {
+            let h = crate::rans::histogram(s);
+            let mut r = Vec::new();
+            crate::rans::encode(s, &h, &mut r);
+            let mut dst = vec![0u8; s.len()];
+            let time = |f: &mut dyn FnMut()| {
+                let mut best = f64::MAX;
+                for _ in 0..30 {
+                    let t = std::time::Instant::now();
+                    f();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                best * 1e9 / s.len() as f64
+            };
+            let tr = time(&mut || {
+                let mut at = 0;
+                crate::rans::decode(&r, &mut at, &mut dst).unwrap();
+            });
+            println!("{name}: n={} entropy {:.0} B; rans {} B {:.2} ns/sym", s.len(), crate::rans::entropy_bytes(&h), r.len(), tr);
+            for level in [1, 3, 19] {
+                let z = zstd::bulk::compress(s, level).unwrap();
+                let tz = time(&mut || {
+                    zstd::bulk::decompress_to_buffer(&z, &mut dst).unwrap();
+                });
+                println!("  zstd-{level} {} B {:.2} ns/sym", z.len(), tz);
+            }
+        }
+    }
+}

@@ -134,6 +134,10 @@ fn read_table(bytes: &[u8], at: &mut usize) -> Result<[u32; 256], CompressError>
     Ok(f)
 }
 
+/// Interleaved states, each with its own word stream, so the lanes share no dependency chain
+/// (a shared stream would serialise every state's renormalisation through one read position).
+const LANES: usize = 8;
+
 /// Appends the rANS coding of `src` (with its table) to `out`. `hist` must be `histogram(src)`
 /// and have at least two distinct symbols.
 pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
@@ -145,37 +149,40 @@ pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
         c += f[s];
     }
     write_table(&f, out);
-    let mut words: Vec<u16> = Vec::with_capacity(src.len() / 2 + 8);
-    let mut x = [L; 4];
+    let mut words: [Vec<u16>; LANES] = std::array::from_fn(|_| Vec::with_capacity(src.len() / LANES / 2 + 4));
+    let mut x = [L; LANES];
     for i in (0..src.len()).rev() {
         let s = src[i] as usize;
-        let st = &mut x[i & 3];
+        let lane = i % LANES;
+        let st = &mut x[lane];
         let (fs, cs) = (f[s], cum[s]);
         // x_max keeps the state below 2^32 after the update.
         let x_max = ((L >> PROB_BITS) << 16) * fs;
         if *st >= x_max {
-            words.push(*st as u16);
+            words[lane].push(*st as u16);
             *st >>= 16;
         }
         *st = ((*st / fs) << PROB_BITS) + (*st % fs) + cs;
     }
-    for s in (0..4).rev() {
-        words.push((x[s] >> 16) as u16);
-        words.push(x[s] as u16);
+    for (lane, w) in words.iter_mut().enumerate() {
+        w.push((x[lane] >> 16) as u16);
+        w.push(x[lane] as u16);
+        w.reverse();
+        put_varint(out, w.len() as u64);
     }
-    words.reverse();
-    put_varint(out, words.len() as u64);
-    out.reserve(words.len() * 2);
-    for w in words {
-        out.extend_from_slice(&w.to_le_bytes());
+    for w in &words {
+        out.reserve(w.len() * 2);
+        for v in w {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
 }
 
 /// Decodes exactly `dst.len()` symbols from `bytes[*at..]`, advancing `at` past the stream.
 pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
     let f = read_table(bytes, at)?;
-    // Packed slot table: symbol (8 bits) | freq (12 bits) | slot - cum (12 bits).
-    // Fixed-size table: indices masked with M - 1 are provably in bounds, no checks in the loop.
+    // Packed slot table: symbol (8 bits) | freq (12 bits) | slot - cum (12 bits). Fixed size,
+    // so indices masked with M - 1 are provably in bounds and the loop has no checks.
     let mut tab: Box<[u32; M as usize]> = Box::new([0u32; M as usize]);
     let mut c = 0usize;
     for s in 0..256 {
@@ -184,46 +191,52 @@ pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
         }
         c += f[s] as usize;
     }
-    let n_words = get_varint(bytes, at)? as usize;
-    let data = bytes.get(*at..).and_then(|b| b.get(..n_words.checked_mul(2)?)).ok_or_else(|| corrupt("truncated data"))?;
-    *at += n_words * 2;
-    if n_words < 8 {
-        return Err(corrupt("missing final states"));
+    // Lane k's words are bytes[start[k]..end[k]] (byte offsets into `bytes`).
+    let mut end = [0usize; LANES];
+    let mut total = 0usize;
+    for e in end.iter_mut() {
+        let l = get_varint(bytes, at)? as usize;
+        if l < 2 {
+            return Err(corrupt("missing final state"));
+        }
+        total = l.checked_mul(2).and_then(|b| b.checked_add(total)).ok_or_else(|| corrupt("lane length overflows"))?;
+        *e = total;
     }
-    let word = |i: usize| data.get(2 * i..2 * i + 2).map_or(0, |w| u16::from_le_bytes([w[0], w[1]]) as u32);
-    let mut x = [0u32; 4];
-    for (s, st) in x.iter_mut().enumerate() {
-        *st = word(2 * s) | (word(2 * s + 1) << 16);
+    let data = bytes.get(*at..).and_then(|b| b.get(..total)).ok_or_else(|| corrupt("truncated data"))?;
+    *at += total;
+    let word = |p: usize| data.get(p..p + 2).map_or(0, |w| u16::from_le_bytes([w[0], w[1]]) as u32);
+    let mut x = [0u32; LANES];
+    let mut pos = [0usize; LANES];
+    for k in 0..LANES {
+        let start = if k == 0 { 0 } else { end[k - 1] };
+        x[k] = word(start) | word(start + 2) << 16;
+        pos[k] = start + 4;
     }
-    let mut pos = 8usize;
-    let mut overrun = false;
+    // One decode step of lane k. Renormalisation is branchless: whether a state needs a word is
+    // data-dependent and unpredictable (~1 in 6 symbols), a branch would mispredict constantly.
+    // A corrupt stream may make a lane read into its neighbour's words or past the end (zeros);
+    // the final position check catches both, so the hot loop carries no error path.
     macro_rules! step {
-        ($st:expr, $out:expr) => {{
-            let e = tab[($st & (M - 1)) as usize];
-            $out = e as u8;
-            $st = ((e >> 8) & (M - 1)) * ($st >> PROB_BITS) + (e >> 20);
-            // Branchless renormalisation: whether a state needs a word is data-dependent and
-            // unpredictable (~1 in 6 symbols), so a branch here would mispredict constantly.
-            // A corrupt stream may ask for more words than exist; `word` then reads zeros and
-            // `overrun` reports it after the loop.
-            let need = $st < L;
-            let w = word(pos);
-            overrun |= need & (pos >= n_words);
-            $st = if need { ($st << 16) | w } else { $st };
-            pos += need as usize;
+        ($k:expr) => {{
+            let e = tab[(x[$k] & (M - 1)) as usize];
+            let s = ((e >> 8) & (M - 1)) * (x[$k] >> PROB_BITS) + (e >> 20);
+            let need = s < L;
+            let w = word(pos[$k]);
+            x[$k] = if need { (s << 16) | w } else { s };
+            pos[$k] += 2 * need as usize;
+            e as u8
         }};
     }
-    let mut groups = dst.chunks_exact_mut(4);
+    let mut groups = dst.chunks_exact_mut(LANES);
     for g in &mut groups {
-        step!(x[0], g[0]);
-        step!(x[1], g[1]);
-        step!(x[2], g[2]);
-        step!(x[3], g[3]);
+        for k in 0..LANES {
+            g[k] = step!(k);
+        }
     }
     for (k, o) in groups.into_remainder().iter_mut().enumerate() {
-        step!(x[k], *o);
+        *o = step!(k);
     }
-    if overrun || pos != n_words || x.iter().any(|&s| s != L) {
+    if (0..LANES).any(|k| x[k] != L || pos[k] != end[k]) {
         return Err(corrupt("does not end where it was encoded to end"));
     }
     Ok(())

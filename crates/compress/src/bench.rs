@@ -145,7 +145,9 @@ pub fn bench_with(inputs: &[BenchInput], opts: &BenchOptions) -> Result<Vec<Benc
             rows.push(ours(Codec::EvolveFp, Some(parent), all_threads(), "delta evolve-fp")?);
             rows.push(ours(Codec::Zstd, Some(parent), all_threads(), "delta zstd")?);
         }
-        for &rank in &opts.lowrank_ranks {
+        // The route predicts F32 matrices only; elsewhere it would just repeat the evolve-fp row.
+        let has_f32_matrices = !f32_matrices(raw).is_empty();
+        for &rank in opts.lowrank_ranks.iter().filter(|_| has_f32_matrices) {
             let parent = inp.parent.as_deref();
             let t = Instant::now();
             let m = lowrank::measure(raw, parent, rank)?;

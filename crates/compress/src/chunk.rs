@@ -37,6 +37,17 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
         out.extend_from_slice(&z);
         return;
     }
+    let n = src.len();
+    // Mantissa fields are near-uniform; a 1/16 sample shows that at a sixteenth of the cost of
+    // a full histogram (the sample's bias, ~0.2% low on 256 symbols, errs towards trying rANS).
+    if !try_zstd && n >= 1 << 16 {
+        let sample: Vec<u8> = src.iter().step_by(16).copied().collect();
+        if rans::entropy_bytes(&rans::histogram(&sample)) * 16.0 > 0.985 * n as f64 {
+            out.push(RAW);
+            out.extend_from_slice(src);
+            return;
+        }
+    }
     let hist = rans::histogram(src);
     let distinct = hist.iter().filter(|&&c| c > 0).count();
     if distinct <= 1 {
@@ -44,7 +55,6 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
         out.push(src.first().copied().unwrap_or(0));
         return;
     }
-    let n = src.len();
     let est = rans::entropy_bytes(&hist);
     let mut best: Option<Vec<u8>> = None;
     // Table and final states cost ~20..600 bytes; below a 3% saving rANS is not worth decoding.
@@ -117,15 +127,17 @@ fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
 
 fn split_f32(src: &[u8]) -> [Vec<u8>; 4] {
     let n = src.len() / 4;
-    let (mut e, mut s2, mut s1, mut s0) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for w in src.chunks_exact(4) {
+    let mut f: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; n]);
+    let [e, s2, s1, s0] = &mut f;
+    // Zipped iterators over preallocated fields: no capacity or bounds checks in the loop.
+    for ((((w, e), s2), s1), s0) in src.chunks_exact(4).zip(e.iter_mut()).zip(s2.iter_mut()).zip(s1.iter_mut()).zip(s0.iter_mut()) {
         let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-        e.push((v >> 23) as u8);
-        s2.push(((v >> 24) & 0x80) as u8 | ((v >> 16) & 0x7f) as u8);
-        s1.push((v >> 8) as u8);
-        s0.push(v as u8);
+        *e = (v >> 23) as u8;
+        *s2 = ((v >> 24) & 0x80) as u8 | ((v >> 16) & 0x7f) as u8;
+        *s1 = (v >> 8) as u8;
+        *s0 = v as u8;
     }
-    [e, s2, s1, s0]
+    f
 }
 
 fn merge_f32(f: [&[u8]; 4], dst: &mut [u8]) {
@@ -139,13 +151,14 @@ fn merge_f32(f: [&[u8]; 4], dst: &mut [u8]) {
 
 fn split_bf16(src: &[u8]) -> [Vec<u8>; 2] {
     let n = src.len() / 2;
-    let (mut e, mut s) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for w in src.chunks_exact(2) {
+    let mut f: [Vec<u8>; 2] = std::array::from_fn(|_| vec![0u8; n]);
+    let [e, s] = &mut f;
+    for ((w, e), s) in src.chunks_exact(2).zip(e.iter_mut()).zip(s.iter_mut()) {
         let v = u16::from_le_bytes([w[0], w[1]]);
-        e.push((v >> 7) as u8);
-        s.push(((v >> 8) & 0x80) as u8 | (v & 0x7f) as u8);
+        *e = (v >> 7) as u8;
+        *s = ((v >> 8) & 0x80) as u8 | (v & 0x7f) as u8;
     }
-    [e, s]
+    f
 }
 
 fn merge_bf16(f: [&[u8]; 2], dst: &mut [u8]) {

@@ -149,30 +149,57 @@ pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
         c += f[s];
     }
     write_table(&f, out);
-    let mut words: [Vec<u16>; LANES] = std::array::from_fn(|_| Vec::with_capacity(src.len() / LANES / 2 + 4));
-    let mut x = [L; LANES];
-    for i in (0..src.len()).rev() {
-        let s = src[i] as usize;
-        let lane = i % LANES;
-        let st = &mut x[lane];
-        let (fs, cs) = (f[s], cum[s]);
-        // x_max keeps the state below 2^32 after the update.
-        let x_max = ((L >> PROB_BITS) << 16) * fs;
-        if *st >= x_max {
-            words[lane].push(*st as u16);
-            *st >>= 16;
+    // Division by the frequency via a 128-bit multiply: m = ceil(2^44 / f) gives
+    // floor(x / f) = (x * m) >> 44 exactly for every x < 2^32, since m * f - 2^44 < f <= 2^12
+    // (Granlund-Montgomery). A hardware divide per symbol would dominate encoding.
+    let mut rcp = [0u64; 256];
+    for s in 0..256 {
+        if f[s] > 0 {
+            rcp[s] = (1u64 << 44).div_ceil(f[s] as u64);
         }
-        *st = ((*st / fs) << PROB_BITS) + (*st % fs) + cs;
     }
-    for (lane, w) in words.iter_mut().enumerate() {
-        w.push((x[lane] >> 16) as u16);
-        w.push(x[lane] as u16);
+    // Each lane emits at most one word per symbol plus its final state; one flat buffer with a
+    // slot per lane keeps the hot loop free of capacity checks.
+    let n = src.len();
+    let cap = n / LANES + 3;
+    let mut buf = vec![0u16; cap * LANES];
+    let mut cnt = [0usize; LANES];
+    let mut x = [L; LANES];
+    // Branchless renormalisation (the word is always written, kept only if needed): the
+    // condition is unpredictable, and a mispredict per ~6 symbols would dominate.
+    macro_rules! put {
+        ($k:expr, $sym:expr) => {{
+            let s = $sym as usize;
+            let fs = f[s];
+            // x_max keeps the state below 2^32 after the update.
+            let need = x[$k] >= ((L >> PROB_BITS) << 16) * fs;
+            buf[$k * cap + cnt[$k]] = x[$k] as u16;
+            cnt[$k] += need as usize;
+            let st = if need { x[$k] >> 16 } else { x[$k] };
+            let q = ((st as u128 * rcp[s] as u128) >> 44) as u32;
+            x[$k] = st + q * (M - fs) + cum[s];
+        }};
+    }
+    // Symbols go in reverse; lane of symbol i is i % LANES.
+    let full = n - n % LANES;
+    for i in (full..n).rev() {
+        put!(i - full, src[i]);
+    }
+    for g in src[..full].chunks_exact(LANES).rev() {
+        for k in (0..LANES).rev() {
+            put!(k, g[k]);
+        }
+    }
+    for k in 0..LANES {
+        let w = &mut buf[k * cap..k * cap + cnt[k] + 2];
+        w[cnt[k]] = (x[k] >> 16) as u16;
+        w[cnt[k] + 1] = x[k] as u16;
         w.reverse();
         put_varint(out, w.len() as u64);
     }
-    for w in &words {
-        out.reserve(w.len() * 2);
-        for v in w {
+    for k in 0..LANES {
+        out.reserve((cnt[k] + 2) * 2);
+        for v in &buf[k * cap..k * cap + cnt[k] + 2] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -274,6 +301,17 @@ mod tests {
                     // Within 1% + table of the order-0 entropy: the coder is not leaking bits.
                     assert!((enc.len() as f64) < entropy_bytes(&h) * 1.01 + 600.0, "{} vs {}", enc.len(), entropy_bytes(&h));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact() {
+        let mut r = crate::synth::Rng(5);
+        for f in 1..M as u64 {
+            let m = (1u64 << 44).div_ceil(f);
+            for x in [0u64, 1, f - 1, f, u32::MAX as u64, u32::MAX as u64 - 1].into_iter().chain((0..64).map(|_| r.next_u64() >> 32)) {
+                assert_eq!(((x as u128 * m as u128) >> 44) as u64, x / f, "x {x} f {f}");
             }
         }
     }

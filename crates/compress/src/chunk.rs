@@ -273,7 +273,7 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
         let kind = Kind::from_id(tag & !XOR_FLAG).ok_or_else(|| corrupt(format!("unknown segment kind {tag}")))?;
         let len = get_varint(bytes, &mut at)? as usize;
         let end = pos.checked_add(len).filter(|&e| e <= dst.len()).ok_or_else(|| corrupt("segment runs past its chunk"))?;
-        if len % kind.elem() != 0 {
+        if !len.is_multiple_of(kind.elem()) {
             return Err(corrupt("float segment of partial elements"));
         }
         let xor = if tag & XOR_FLAG != 0 {

@@ -55,11 +55,12 @@ const DEFAULT_CHUNK_LOG2: u8 = 20;
 /// allocation even for a header that passes its checksum by accident.
 const MAX_RAW_LEN: u64 = 1 << 40;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Codec {
     /// Plain zstd level 3 (baseline).
     Zstd,
     /// Field-split floats with rANS-coded exponents; zstd for everything else.
+    #[default]
     EvolveFp,
 }
 
@@ -95,11 +96,6 @@ impl Codec {
     }
 }
 
-impl Default for Codec {
-    fn default() -> Self {
-        Codec::EvolveFp
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompressError {

@@ -174,7 +174,7 @@ pub fn quantize_int4_grouped(w: &[f32], rows: usize, cols: usize, group: usize, 
             for (k, &x) in grp.iter().enumerate() {
                 let q = ((x - lo) * inv).round().clamp(0.0, 15.0) as u8;
                 let c = gi * group + k;
-                packed[r * half + c / 2] |= if c % 2 == 0 { q } else { q << 4 };
+                packed[r * half + c / 2] |= if c.is_multiple_of(2) { q } else { q << 4 };
             }
             scales.push(scale);
             zeros.push(lo);

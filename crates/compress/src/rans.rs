@@ -212,11 +212,11 @@ pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
     // so indices masked with M - 1 are provably in bounds and the loop has no checks.
     let mut tab: Box<[u32; M as usize]> = Box::new([0u32; M as usize]);
     let mut c = 0usize;
-    for s in 0..256 {
-        for k in 0..f[s] as usize {
-            tab[c + k] = s as u32 | (f[s] << 8) | ((k as u32) << 20);
+    for (s, &fs) in f.iter().enumerate() {
+        for k in 0..fs as usize {
+            tab[c + k] = s as u32 | (fs << 8) | ((k as u32) << 20);
         }
-        c += f[s] as usize;
+        c += fs as usize;
     }
     // Lane k's words are bytes[start[k]..end[k]] (byte offsets into `bytes`).
     let mut end = [0usize; LANES];

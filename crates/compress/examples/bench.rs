@@ -3,7 +3,7 @@
 //! CHAIN is a list of safetensors files, each the parent of the next (the first has none); each
 //! is measured as f32 and converted to bf16. `--gaussian` adds a synthetic checkpoint.
 
-use evolve_compress::bench::{BenchInput, BenchOptions, bench_with, format_table, synthetic_gaussian, to_bf16};
+use evolve_compress::bench::{BenchOptions, bench_with, chain_inputs, format_table};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -14,25 +14,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match a.as_str() {
             "--gaussian" => gaussian = args.next().ok_or("--gaussian needs a count")?.parse()?,
             "--ranks" => opts.lowrank_ranks = args.next().ok_or("--ranks needs a list")?.split(',').filter(|s| !s.is_empty()).map(str::parse).collect::<Result<_, _>>()?,
-            _ => files.push(a),
+            path => {
+                let short: String = std::path::Path::new(path).file_name().and_then(|s| s.to_str()).unwrap_or(path).chars().take(8).collect();
+                files.push((short, std::fs::read(path).map_err(|e| format!("{path}: {e}"))?));
+            }
         }
     }
-    let mut inputs = Vec::new();
-    let mut prev: Option<(Vec<u8>, Vec<u8>)> = None;
-    for f in &files {
-        let raw = std::fs::read(f)?;
-        let bf = to_bf16(&raw)?;
-        let short: String = std::path::Path::new(f).file_name().and_then(|s| s.to_str()).unwrap_or(f).chars().take(8).collect();
-        inputs.push(BenchInput { name: format!("{short} f32"), bytes: raw.clone(), parent: prev.as_ref().map(|p| p.0.clone()) });
-        inputs.push(BenchInput { name: format!("{short} bf16"), bytes: bf.clone(), parent: prev.as_ref().map(|p| p.1.clone()) });
-        prev = Some((raw, bf));
-    }
-    if gaussian > 0 {
-        let g = synthetic_gaussian(gaussian, 42);
-        inputs.push(BenchInput { name: format!("gaussian {}M f32", gaussian / 1_000_000), bytes: g.clone(), parent: None });
-        inputs.push(BenchInput { name: format!("gaussian {}M bf16", gaussian / 1_000_000), bytes: to_bf16(&g)?, parent: None });
-    }
-    let rows = bench_with(&inputs, &opts)?;
+    let rows = bench_with(&chain_inputs(&files, gaussian)?, &opts)?;
     print!("{}", format_table(&rows));
     Ok(())
 }

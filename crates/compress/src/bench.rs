@@ -194,6 +194,27 @@ pub fn format_table(rows: &[BenchRow]) -> String {
     s
 }
 
+/// The standard input set: each named file as F32 and converted to BF16, each file's parent
+/// being the previous one (a parent -> child chain from a run), plus a deterministic Gaussian
+/// checkpoint of `gaussian_params` parameters (none if 0) in both dtypes.
+pub fn chain_inputs(files: &[(String, Vec<u8>)], gaussian_params: usize) -> Result<Vec<BenchInput>, CompressError> {
+    let mut inputs = Vec::new();
+    let mut prev: Option<(&Vec<u8>, Vec<u8>)> = None;
+    for (name, raw) in files {
+        let bf = to_bf16(raw).map_err(|e| CompressError::Invalid(format!("{name}: {e}")))?;
+        inputs.push(BenchInput { name: format!("{name} f32"), bytes: raw.clone(), parent: prev.as_ref().map(|p| p.0.clone()) });
+        inputs.push(BenchInput { name: format!("{name} bf16"), bytes: bf.clone(), parent: prev.as_ref().map(|p| p.1.clone()) });
+        prev = Some((raw, bf));
+    }
+    if gaussian_params > 0 {
+        let g = synthetic_gaussian(gaussian_params, 42);
+        let label = format!("gaussian {:.1}M", gaussian_params as f64 / 1e6);
+        inputs.push(BenchInput { name: format!("{label} bf16"), bytes: to_bf16(&g)?, parent: None });
+        inputs.insert(inputs.len() - 1, BenchInput { name: format!("{label} f32"), bytes: g, parent: None });
+    }
+    Ok(inputs)
+}
+
 /// Round-to-nearest-even f32 -> bf16 bits (NaN kept quiet and NaN).
 fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();

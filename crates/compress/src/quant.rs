@@ -99,8 +99,12 @@ pub fn quantize_int8_per_channel(w: &[f32], rows: usize, cols: usize) -> Result<
 }
 
 impl Int8Weight {
-    pub fn dequantize(&self) -> Vec<f32> {
-        self.q.chunks_exact(self.cols).zip(&self.scales).flat_map(|(r, &s)| r.iter().map(move |&q| q as f32 * s)).collect()
+    /// Errors (rather than panicking) if the fields, which are public, disagree in size.
+    pub fn dequantize(&self) -> Result<Vec<f32>, CompressError> {
+        if self.cols == 0 || self.q.len() != self.rows * self.cols || self.scales.len() != self.rows {
+            return Err(invalid(format!("int8 weight [{}, {}] with {} values and {} scales", self.rows, self.cols, self.q.len(), self.scales.len())));
+        }
+        Ok(self.q.chunks_exact(self.cols).zip(&self.scales).flat_map(|(r, &s)| r.iter().map(move |&q| q as f32 * s)).collect())
     }
 }
 
@@ -121,11 +125,18 @@ pub struct Int4Weight {
 
 impl Int4Weight {
     pub fn n_groups(&self) -> usize {
-        self.cols.div_ceil(self.group)
+        self.cols.div_ceil(self.group.max(1))
     }
 
-    pub fn dequantize(&self) -> Vec<f32> {
+    /// Errors (rather than panicking) if the fields, which are public, disagree in size.
+    pub fn dequantize(&self) -> Result<Vec<f32>, CompressError> {
+        if self.group == 0 {
+            return Err(invalid("int4 group of 0"));
+        }
         let (g, ng, half) = (self.group, self.n_groups(), self.cols.div_ceil(2));
+        if self.packed.len() != self.rows * half || self.scales.len() != self.rows * ng || self.zeros.len() != self.rows * ng || self.act_scale.as_ref().is_some_and(|s| s.len() != self.cols) {
+            return Err(invalid(format!("int4 weight [{}, {}] g{} with inconsistent packed / scales / zeros / act_scale sizes", self.rows, self.cols, self.group)));
+        }
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
             for c in 0..self.cols {
@@ -139,7 +150,7 @@ impl Int4Weight {
                 });
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -185,8 +196,11 @@ pub fn quantize_int4_grouped(w: &[f32], rows: usize, cols: usize, group: usize, 
 
 /// sum_j mean_sq_j sum_i (W_ij - W_hat_ij)^2: the output error a diagonal input covariance
 /// predicts.
-pub fn proxy_error(w: &[f32], w_hat: &[f32], cols: usize, mean_sq: &[f32]) -> f64 {
-    w.iter().zip(w_hat).enumerate().map(|(i, (a, b))| mean_sq[i % cols] as f64 * ((a - b) as f64).powi(2)).sum()
+pub fn proxy_error(w: &[f32], w_hat: &[f32], cols: usize, mean_sq: &[f32]) -> Result<f64, CompressError> {
+    if cols == 0 || mean_sq.len() != cols || w.len() != w_hat.len() || !w.len().is_multiple_of(cols) {
+        return Err(invalid(format!("proxy error of {} vs {} values over {cols} columns with {} statistics", w.len(), w_hat.len(), mean_sq.len())));
+    }
+    Ok(w.iter().zip(w_hat).enumerate().map(|(i, (a, b))| mean_sq[i % cols] as f64 * ((a - b) as f64).powi(2)).sum())
 }
 
 #[derive(Clone, Debug)]
@@ -226,7 +240,7 @@ pub fn awq_search(w: &[f32], rows: usize, cols: usize, group: usize, stats: &Cha
             let s: Vec<f32> = s.iter().map(|x| (x / norm) as f32).collect();
             quantize_int4_grouped(w, rows, cols, group, Some(&s))?
         };
-        let err = proxy_error(w, &weight.dequantize(), cols, &stats.mean_sq);
+        let err = proxy_error(w, &weight.dequantize()?, cols, &stats.mean_sq)?;
         if step == 0 {
             rtn = err;
         }
@@ -369,7 +383,7 @@ pub fn dequantize_checkpoint(bytes: &[u8]) -> Result<Vec<u8>, CompressError> {
                     if ss != [rows] || qs != [rows, stored_cols] {
                         return Err(invalid(format!("{base}: scales {ss:?} do not fit qweight {qs:?}")));
                     }
-                    Int8Weight { rows, cols: stored_cols, q: q.iter().map(|&b| b as i8).collect(), scales: f32s(&s) }.dequantize()
+                    Int8Weight { rows, cols: stored_cols, q: q.iter().map(|&b| b as i8).collect(), scales: f32s(&s) }.dequantize()?
                 }
                 QuantScheme::Int4 { group } => {
                     let cols = stored_cols * 2;
@@ -391,7 +405,7 @@ pub fn dequantize_checkpoint(bytes: &[u8]) -> Result<Vec<u8>, CompressError> {
                         }
                         Err(_) => None,
                     };
-                    Int4Weight { rows, cols, group, packed, scales: f32s(&s), zeros: f32s(&z), act_scale }.dequantize()
+                    Int4Weight { rows, cols, group, packed, scales: f32s(&s), zeros: f32s(&z), act_scale }.dequantize()?
                 }
             };
             out.push((base.to_string(), Dtype::F32, vec![rows, w.len() / rows.max(1)], bytes_f32(&w)));
@@ -425,7 +439,7 @@ mod tests {
         w[3 * cols..4 * cols].iter_mut().for_each(|x| *x = 0.0); // an all-zero row
         w[5 * cols] = 2.0; // an outlier only affects its own row
         let q = quantize_int8_per_channel(&w, rows, cols).unwrap();
-        let d = q.dequantize();
+        let d = q.dequantize().unwrap();
         for r in 0..rows {
             let s = q.scales[r];
             for c in 0..cols {
@@ -448,7 +462,7 @@ mod tests {
         let w: Vec<f32> = gaussian_f32(rows * cols, 0.05, 4).iter().map(|x| x + 0.03).collect();
         let q = quantize_int4_grouped(&w, rows, cols, group, None).unwrap();
         assert_eq!(q.n_groups(), 3);
-        let d = q.dequantize();
+        let d = q.dequantize().unwrap();
         for r in 0..rows {
             for c in 0..cols {
                 let s = q.scales[r * 3 + c / group];
@@ -460,6 +474,9 @@ mod tests {
         let sym = w[..group].iter().fold(0f32, |a, x| a.max(x.abs())) / 7.0;
         assert!(q.scales[0] < sym);
         assert!(quantize_int4_grouped(&w, rows, cols, 48, None).is_err());
+        let mut broken = q.clone();
+        broken.scales.pop();
+        assert!(broken.dequantize().is_err());
         assert!(quantize_int4_grouped(&w, rows, cols, 32, Some(&vec![1.0; cols - 1])).is_err());
     }
 
@@ -479,7 +496,7 @@ mod tests {
         for group in [32, 64] {
             let a = awq_search(&w, rows, cols, group, &stats).unwrap();
             let rtn = quantize_int4_grouped(&w, rows, cols, group, None).unwrap();
-            let rtn_err = proxy_error(&w, &rtn.dequantize(), cols, &stats.mean_sq);
+            let rtn_err = proxy_error(&w, &rtn.dequantize().unwrap(), cols, &stats.mean_sq).unwrap();
             assert!((a.rtn_proxy_error - rtn_err).abs() <= 1e-12 * rtn_err);
             assert!(a.alpha > 0.0, "group {group}: AWQ kept alpha 0");
             assert!(a.proxy_error < 0.8 * rtn_err, "group {group}: awq {} vs rtn {rtn_err}", a.proxy_error);

@@ -12,11 +12,18 @@
 //!   tensor of the same name, dtype and shape; the high bits of the XOR are mostly zero after a
 //!   fine-tuning cycle.
 //!
-//! Container v2 (`EVOLVEZ2`): magic, codec, flags, chunk size, raw length, blake3 of the raw
-//! bytes, [blake3 of the parent], chunk table (coded length and an 8-byte blake3 prefix per
-//! chunk), an 8-byte checksum of all of the above, then the chunks. Chunks are 1 MiB of raw bytes, coded and decoded independently on all cores; the
-//! whole-file blake3 is assembled from per-chunk subtree hashes (blake3's tree mode), so
-//! verification runs in parallel too. `EVOLVEZ1` containers from earlier runs still decode.
+//! Container v2 (`EVOLVEZ2`): magic (its last byte is the version), codec, flags, chunk size,
+//! raw length, blake3 of the raw bytes, [blake3 of the parent], chunk table (coded length and
+//! an 8-byte blake3 prefix per chunk), an 8-byte checksum of all of the above, then the chunks.
+//! The header checksum is verified before any size in it is trusted; the per-chunk prefixes
+//! catch flips a sub-coder would silently tolerate (zstd ignores some bits). Chunks are 1 MiB
+//! of raw bytes, coded and decoded independently on all cores; the whole-file blake3 is
+//! assembled from per-chunk subtree hashes (blake3's tree mode), so verification runs in
+//! parallel too. `EVOLVEZ1` containers from earlier runs still decode.
+//!
+//! `lowrank` (truncated-SVD prediction + XOR residual) is a measurement, not a codec: on the
+//! real run's checkpoints and their deltas it never beat plain evolve-fp by more than noise.
+//! `bench` produces the comparison table behind `evolve bench compress`.
 //!
 //! Architecture invariants:
 //! - Bytes in, bytes out: no knowledge of models or the ledger. The container is self-describing,

@@ -269,7 +269,7 @@ pub(crate) fn f32_matrices(raw: &[u8]) -> Vec<(String, usize, usize, Vec<f32>)> 
     let Some((_, tensors)) = layout::parse(raw) else { return Vec::new() };
     tensors
         .into_iter()
-        .filter(|t| t.dtype == "F32" && t.shape.len() == 2 && (t.shape[0] * t.shape[1] * 4) as usize == t.end - t.start)
+        .filter(|t| t.dtype == "F32" && t.shape.len() == 2 && t.shape[0].checked_mul(t.shape[1]).and_then(|n| n.checked_mul(4)) == Some((t.end - t.start) as u64))
         .map(|t| {
             let v = raw[t.start..t.end].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             (t.name, t.shape[0] as usize, t.shape[1] as usize, v)

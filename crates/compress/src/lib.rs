@@ -396,16 +396,23 @@ pub fn decode_with(encoded: &[u8], parent: Option<&[u8]>, opts: Options) -> Resu
     }
     let (h, start) = Header::parse(encoded)?;
     match (&h.parent, parent) {
-        (Some(p), None) => return Err(CompressError::NeedsParent(p.to_hex().to_string())),
-        (None, Some(_)) => return Err(CompressError::NotDelta),
+        (Some(p), None) => Err(CompressError::NeedsParent(p.to_hex().to_string())),
+        (None, Some(_)) => Err(CompressError::NotDelta),
+        (None, None) => decode_body(encoded, &h, start, None, opts),
         (Some(expected), Some(given)) => {
+            // Checked up front although a wrong parent could never produce the recorded hash:
+            // a parent differing only in bytes no segment reads would otherwise be accepted,
+            // and the contract is that the wrong parent is an error, not merely harmless.
             let found = hash_chunks(given, opts.chunk_log2.clamp(10, 26), opts.workers(usize::MAX));
             if found != *expected {
                 return Err(CompressError::WrongParent { expected: expected.to_hex().to_string(), found: found.to_hex().to_string() });
             }
+            decode_body(encoded, &h, start, Some(given), opts)
         }
-        (None, None) => {}
     }
+}
+
+fn decode_body(encoded: &[u8], h: &Header, start: usize, parent: Option<&[u8]>, opts: Options) -> Result<Vec<u8>, CompressError> {
     let total: u64 = h.chunk_lens.iter().map(|&l| l as u64).sum();
     if total != (encoded.len() - start) as u64 {
         return Err(if total > (encoded.len() - start) as u64 { CompressError::Truncated("chunks") } else { CompressError::Corrupt("trailing bytes after the last chunk".into()) });
@@ -672,6 +679,11 @@ mod tests {
                 assert!(decode_delta(&bad, &parent).is_err(), "flip at {at}");
             }
         }
+        // A parent differing only in bytes no segment reads is still the wrong parent.
+        let mut padded = parent.clone();
+        padded.push(0);
+        let d = encode_delta(&child, &parent, Codec::EvolveFp);
+        assert!(matches!(decode_delta(&d, &padded), Err(CompressError::WrongParent { .. })));
         // A parent with a different layout: nothing aligns, still exact.
         let other = safetensors(&[("zz", "F32", vec![2], vec![0; 8])], None);
         let d = encode_delta(&child, &other, Codec::EvolveFp);

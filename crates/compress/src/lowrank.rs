@@ -45,7 +45,7 @@ fn orthonormalize(a: &mut [Vec<f64>]) {
 }
 
 /// Rank-`r` factors (U: rows x r, V: r x cols, both row-major f32) of the row-major matrix `t`.
-pub fn low_rank(t: &[f64], rows: usize, cols: usize, r: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn low_rank(t: &[f64], rows: usize, cols: usize, r: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut rng = Rng(seed);
     // Q columns (each of length rows) spanning T's dominant column space.
     let times = |cols_in: &[Vec<f64>]| -> Vec<Vec<f64>> {
@@ -80,7 +80,7 @@ pub fn low_rank(t: &[f64], rows: usize, cols: usize, r: usize, seed: u64) -> (Ve
 }
 
 /// base + U V in f32, fixed order: the decoder's prediction, bit for bit.
-pub fn predict(base: Option<&[f32]>, u: &[f32], v: &[f32], rows: usize, cols: usize, r: usize) -> Vec<f32> {
+pub(crate) fn predict(base: Option<&[f32]>, u: &[f32], v: &[f32], rows: usize, cols: usize, r: usize) -> Vec<f32> {
     let mut p = vec![0f32; rows * cols];
     for i in 0..rows {
         let row = &mut p[i * cols..(i + 1) * cols];

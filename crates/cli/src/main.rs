@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use evolve_ledger::Ledger;
 use evolve_meta::{Budget, RunOptions};
 
+mod bench_cmd;
 mod ledger_cmd;
 mod model_cmd;
 
@@ -43,6 +44,11 @@ enum Command {
     Status {
         #[arg(long, default_value = "runs/evolve.db")]
         ledger: PathBuf,
+    },
+    /// Measure throughput against peers (PyTorch, zstd) in one run.
+    Bench {
+        #[command(subcommand)]
+        command: bench_cmd::BenchCommand,
     },
     /// Import, export and score models (Hugging Face Llama checkpoints).
     Model {
@@ -98,6 +104,7 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
         Command::Ledger { query } => ledger_cmd::execute(query).await,
         Command::Model { command } => model_cmd::execute(command),
+        Command::Bench { command } => bench_cmd::execute(command),
     }
 }
 

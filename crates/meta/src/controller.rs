@@ -311,7 +311,7 @@ impl Controller {
     /// before it is recorded.
     async fn recompress(&mut self, cycle: u32, checkpoint: &str) -> Result<(), Error> {
         let raw = self.ctx.store.get(checkpoint, CHECKPOINT_KIND)?;
-        for codec in [Codec::BytePlaneZstd, Codec::Zstd] {
+        for codec in [Codec::EvolveFp, Codec::Zstd] {
             let t = Instant::now();
             let rt = round_trip(&raw, codec)?;
             if rt.verified_hash != checkpoint {

@@ -2,15 +2,16 @@
 //! small plain data, so the same job can be run in this process (as here) or, later, handed to a
 //! worker process over the control plane: the process boundary cuts through these types.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use burn::prelude::Device;
+use burn::prelude::{Device, Int, Tensor, TensorData};
+use evolve_compress::quant::ChannelStats;
 use evolve_curriculum::Curriculum;
 use evolve_discriminator::Verifier;
 use evolve_generator::{Exclusions, MiningStat, SkillSynthesis, SynthesisConfig, mine, synthesize};
-use evolve_model::{Checkpoint, Llama, LlamaConfig};
-use evolve_policy::{Sampling, answer};
+use evolve_model::{ChannelStatsByLayer, Checkpoint, Llama, LlamaConfig};
+use evolve_policy::{Sampling, answer, example_tokens};
 use evolve_store::ArtifactStore;
 use burn::module::Module;
 use evolve_tasks::{HeldOut, Problem, RefusalProbes, Response, Skill, Suite, all_skills, build_refusal_probes, build_suite, sample_training};
@@ -309,6 +310,8 @@ pub struct SuiteScore {
     pub role: SuiteRole,
     pub n: u32,
     pub correct: u32,
+    /// Per-problem correctness, in suite order (what `ledger diff` compares across cycles).
+    pub items: Vec<bool>,
 }
 
 impl SuiteScore {
@@ -350,22 +353,30 @@ pub struct LocalEvaluator(pub Arc<Context>);
 
 impl EvaluatorRole for LocalEvaluator {
     fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error> {
+        let model = self.0.load_model(checkpoint)?;
+        Ok(self.evaluate_model(checkpoint, &model))
+    }
+}
+
+impl LocalEvaluator {
+    /// Evaluates weights that need not be in the store (a quantized copy's dequantization).
+    pub fn evaluate_model(&self, checkpoint: &str, model: &Llama) -> Evaluation {
         let ctx = &self.0;
-        let model = ctx.load_model(checkpoint)?;
         let mut problems: Vec<Problem> = ctx.suites.iter().flat_map(|(s, _)| s.problems.iter().cloned()).collect();
         let probes_start = problems.len();
         problems.extend(ctx.refusal.must_refuse.iter().cloned());
         problems.extend(ctx.refusal.benign.iter().cloned());
-        let responses = answer(&model, &problems, 1, &Sampling::greedy(), &ctx.device);
+        let responses = answer(model, &problems, 1, &Sampling::greedy(), &ctx.device);
         let mut at = 0;
         let suites = ctx
             .suites
             .iter()
             .map(|(suite, role)| {
                 let n = suite.problems.len();
-                let correct = (at..at + n).filter(|&i| ctx.verifier.is_correct(&problems[i], &responses[i])).count();
+                let items: Vec<bool> = (at..at + n).map(|i| ctx.verifier.is_correct(&problems[i], &responses[i])).collect();
                 at += n;
-                SuiteScore { suite: suite.name.clone(), skill: suite.skill.clone(), level: suite.level, role: *role, n: n as u32, correct: correct as u32 }
+                let correct = items.iter().filter(|&&c| c).count() as u32;
+                SuiteScore { suite: suite.name.clone(), skill: suite.skill.clone(), level: suite.level, role: *role, n: n as u32, correct, items }
             })
             .collect();
         let n_refuse = ctx.refusal.must_refuse.len();
@@ -376,6 +387,34 @@ impl EvaluatorRole for LocalEvaluator {
             benign_n: ctx.refusal.benign.len() as u32,
             over_refused: refused(probes_start + n_refuse..problems.len()),
         };
-        Ok(Evaluation { checkpoint: checkpoint.to_string(), suites, refusal })
+        Evaluation { checkpoint: checkpoint.to_string(), suites, refusal }
+    }
+}
+
+// ---------------------------------------------------------------- calibration
+
+impl Context {
+    /// Per-channel input statistics of every linear layer over fresh training problems of every
+    /// curriculum skill and level (never the frozen suites: calibrating on the eval set would
+    /// flatter the quantized copy's eval delta). Problems are batched by equal length so no
+    /// padding enters the statistics.
+    pub fn calibration_stats(&self, model: &Llama, per_level: usize, seed: u64) -> HashMap<String, ChannelStats> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut by_length: BTreeMap<usize, Vec<Vec<u32>>> = BTreeMap::new();
+        for (skill, level) in self.curriculum.mastered().into_iter().chain(self.curriculum.frontier()) {
+            for _ in 0..per_level {
+                if let Some(p) = sample_training(self.skill(&skill), level, &self.held_out, &mut rng) {
+                    let (tokens, _) = example_tokens(&p);
+                    by_length.entry(tokens.len()).or_default().push(tokens);
+                }
+            }
+        }
+        let mut sums = ChannelStatsByLayer::default();
+        for (len, rows) in by_length {
+            let ids: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
+            let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [rows.len(), len]), &self.device);
+            model.linear_input_stats(tokens, &mut sums);
+        }
+        sums.layers.into_iter().map(|(name, s)| (name, ChannelStats { mean_sq: s.mean_sq(), mean_abs: s.mean_abs() })).collect()
     }
 }

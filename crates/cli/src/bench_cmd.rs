@@ -1,0 +1,196 @@
+//! `evolve bench …`: throughput of the hot paths, each next to its peer measured in the same run
+//! (this machine is noisy, so only ratios from one run mean anything).
+//!
+//! The peers for training and generation are PyTorch / Hugging Face `transformers` on the same
+//! Llama config, batch shape and thread count (`scripts/peer_bench.py`); when Python lacks them
+//! the bench says so and reports evolve's side alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use clap::Subcommand;
+use evolve_model::{DecodeOptions, Llama, LlamaConfig, cpu_device, decode_batch, preset, preset_names};
+use evolve_tasks::{Problem, Target};
+use evolve_trainer::{OptimizerKind, Surgery, TrainConfig, Trainer};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Training tokens/s (AdamW step), the cost of A-GEM and PCGrad steps, and PyTorch's tokens/s.
+    Train {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        seq: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Skip the PyTorch peer.
+        #[arg(long)]
+        no_peer: bool,
+    },
+    /// Batched greedy generation tokens/s with the KV cache, recomputing the prefix, and
+    /// Hugging Face `generate`.
+    Generate {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        prompt: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long)]
+        no_peer: bool,
+    },
+}
+
+pub fn execute(command: BenchCommand) -> Result<(), String> {
+    match command {
+        BenchCommand::Train { preset, batch, seq, steps, no_peer } => train(&preset, batch, seq, steps, no_peer),
+        BenchCommand::Generate { preset, batch, prompt, new_tokens, no_peer } => generate(&preset, batch, prompt, new_tokens, no_peer),
+    }
+}
+
+fn config_of(name: &str) -> Result<LlamaConfig, String> {
+    match preset(name) {
+        Some(c) => c.map_err(|e| e.to_string()),
+        None => Err(format!("--preset: unknown preset `{name}`; valid: {}", preset_names().join(", "))),
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Problems whose examples are exactly `seq` input tokens, half of them answer, spread over
+/// `skills` names (the groups PCGrad splits by).
+fn fixed_problems(rows: usize, seq: usize, skills: usize, rng: &mut StdRng) -> Vec<Problem> {
+    let answer = seq / 2;
+    let prompt = seq - answer - 1;
+    let letters = |n: usize, rng: &mut StdRng| -> String { (0..n).map(|_| rng.random_range(b'a'..=b'z') as char).collect() };
+    (0..rows)
+        .map(|i| Problem {
+            skill: format!("bench{}", i % skills.max(1)),
+            level: 1,
+            prompt: letters(prompt, rng),
+            target: Target::Text(letters(answer, rng)),
+            knobs: vec![],
+        })
+        .collect()
+}
+
+fn train(preset_name: &str, batch: usize, seq: usize, steps: usize, no_peer: bool) -> Result<(), String> {
+    let config = config_of(preset_name)?;
+    if seq > config.max_position_embeddings || seq < 4 {
+        return Err(format!("--seq: {seq} is outside 4..={} (the preset's max_position_embeddings)", config.max_position_embeddings));
+    }
+    let device = cpu_device();
+    let mut rng = StdRng::seed_from_u64(1);
+    let data = fixed_problems(batch, seq, 4, &mut rng);
+    let reference = fixed_problems(batch, seq, 4, &mut rng);
+    let measure = |optimizer: OptimizerKind, surgery: Surgery| -> f64 {
+        device.seed(0);
+        let model = Llama::init(&config, &device);
+        let train = TrainConfig { optimizer, learning_rate: 1e-3, warmup_steps: 0, min_lr_ratio: 1.0, weight_decay: 0.01, grad_clip: 1.0, surgery, seed: 0 };
+        let mut trainer = Trainer::new(model, train, &device);
+        // Two warm-up steps: the first allocations and kernel choices are not throughput.
+        trainer.fit(2, &mut || data.clone(), &mut || reference.clone(), &mut |_| {});
+        let start = Instant::now();
+        trainer.fit(steps, &mut || data.clone(), &mut || reference.clone(), &mut |_| {});
+        start.elapsed().as_secs_f64() / steps as f64
+    };
+    let tokens = (batch * seq) as f64;
+    let adamw = measure(OptimizerKind::Adamw, Surgery::None);
+    let sgd = measure(OptimizerKind::Sgd, Surgery::None);
+    let agem = measure(OptimizerKind::Sgd, Surgery::Agem);
+    let pcgrad = measure(OptimizerKind::Sgd, Surgery::Pcgrad);
+    println!("evolve bench train: preset {preset_name} ({} parameters), batch {batch} × {seq} tokens, {steps} steps, {} threads", config.num_params(), threads());
+    println!("{:<28} {:>12} {:>12} {:>10}", "step", "ms/step", "tokens/s", "vs plain");
+    println!("{:<28} {:>12.1} {:>12.0} {:>10}", "evolve AdamW", adamw * 1e3, tokens / adamw, "-");
+    println!("{:<28} {:>12.1} {:>12.0} {:>10}", "evolve SGD (plain)", sgd * 1e3, tokens / sgd, "1.00x");
+    println!("{:<28} {:>12.1} {:>12.0} {:>9.2}x", "evolve SGD + A-GEM", agem * 1e3, tokens / agem, agem / sgd);
+    println!("{:<28} {:>12.1} {:>12.0} {:>9.2}x", "evolve SGD + PCGrad (4 grp)", pcgrad * 1e3, tokens / pcgrad, pcgrad / sgd);
+    if !no_peer {
+        let args = ["--batch".to_string(), batch.to_string(), "--seq".into(), seq.to_string(), "--steps".into(), steps.to_string()];
+        match peer("train", &config, &args) {
+            Ok(peer) => {
+                println!("{:<28} {:>12.1} {:>12.0} {:>10}", "PyTorch AdamW (peer)", tokens / peer * 1e3, peer, "-");
+                println!("evolve/PyTorch training throughput: {:.2}x", (tokens / adamw) / peer);
+            }
+            Err(why) => println!("peer skipped: {why}"),
+        }
+    }
+    Ok(())
+}
+
+fn generate(preset_name: &str, batch: usize, prompt: usize, new_tokens: usize, no_peer: bool) -> Result<(), String> {
+    let config = config_of(preset_name)?;
+    if prompt + new_tokens > config.max_position_embeddings || prompt == 0 || new_tokens == 0 {
+        return Err(format!("--prompt + --new-tokens must be within 1..={} (the preset's max_position_embeddings)", config.max_position_embeddings));
+    }
+    let device = cpu_device();
+    device.seed(0);
+    let model = Llama::init(&config, &device);
+    let mut rng = StdRng::seed_from_u64(2);
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|_| (0..prompt).map(|_| rng.random_range(0..256u32)).collect()).collect();
+    let run = |kv_cache: bool| -> (f64, usize) {
+        let options = DecodeOptions { batch_size: batch, kv_cache, ..DecodeOptions::greedy(new_tokens) };
+        decode_batch(&model, &prompts[..batch.min(4)], &options, &device);
+        let start = Instant::now();
+        let out = decode_batch(&model, &prompts, &options, &device);
+        let generated: usize = out.iter().map(Vec::len).sum();
+        (generated as f64 / start.elapsed().as_secs_f64(), generated)
+    };
+    let (cached, n_cached) = run(true);
+    let (recomputed, n_recomputed) = run(false);
+    println!("evolve bench generate: preset {preset_name}, batch {batch}, prompt {prompt}, up to {new_tokens} new tokens (greedy), {} threads", threads());
+    println!("{:<34} {:>12} {:>10}", "decoder", "tokens/s", "tokens");
+    println!("{:<34} {:>12.0} {:>10}", "evolve, KV cache", cached, n_cached);
+    println!("{:<34} {:>12.0} {:>10}", "evolve, recomputing the prefix", recomputed, n_recomputed);
+    println!("KV cache vs recomputing: {:.2}x", cached / recomputed);
+    if !no_peer {
+        let args = ["--batch".to_string(), batch.to_string(), "--prompt".into(), prompt.to_string(), "--new".into(), new_tokens.to_string()];
+        match peer("generate", &config, &args) {
+            Ok(peer) => {
+                println!("{:<34} {:>12.0}", "transformers generate (peer)", peer);
+                println!("evolve KV cache vs transformers generate: {:.2}x", cached / peer);
+            }
+            Err(why) => println!("peer skipped: {why}"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the PyTorch side; its tokens/s.
+fn peer(mode: &str, config: &LlamaConfig, args: &[String]) -> Result<f64, String> {
+    let script = peer_script().ok_or("scripts/peer_bench.py not found (run from the repository)")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_json()).map_err(|e| e.to_string())?;
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(mode)
+        .arg("--config")
+        .arg(&config_path)
+        .args(args)
+        .args(["--threads", &threads().to_string()])
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("");
+        return Err(format!("{} failed ({last}); it needs `pip install torch transformers`", script.display()));
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    let parsed: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("peer printed {line:?}: {e}"))?;
+    parsed["tokens_per_second"].as_f64().ok_or_else(|| format!("peer printed {line:?}"))
+}
+
+fn peer_script() -> Option<PathBuf> {
+    [Path::new("scripts/peer_bench.py").to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peer_bench.py")]
+        .into_iter()
+        .find(|p| p.is_file())
+}

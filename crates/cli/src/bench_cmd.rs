@@ -45,10 +45,27 @@ pub enum BenchCommand {
         #[arg(long)]
         no_peer: bool,
     },
+    /// The checkpoint codec against zstd -3 and -19: ratio and GB/s on the accepted checkpoints
+    /// of a real run (f32 and converted to bf16, standalone and as deltas against their parents)
+    /// and on synthetic Gaussian weights.
+    Compress {
+        /// Ledger whose latest run's accepted checkpoints (in lineage order) are measured.
+        #[arg(long, default_value = "runs/evolve.db")]
+        ledger: PathBuf,
+        /// Measure these safetensors files instead, each the parent of the next.
+        files: Vec<PathBuf>,
+        /// Parameters of the synthetic Gaussian checkpoint (0 for none).
+        #[arg(long, default_value_t = 16_000_000)]
+        gaussian: usize,
+        /// Ranks of the low-rank (SVD) route to measure (empty for none).
+        #[arg(long, value_delimiter = ',', default_value = "8,32")]
+        ranks: Vec<usize>,
+    },
 }
 
-pub fn execute(command: BenchCommand) -> Result<(), String> {
+pub async fn execute(command: BenchCommand) -> Result<(), String> {
     match command {
+        BenchCommand::Compress { ledger, files, gaussian, ranks } => compress(&ledger, files, gaussian, ranks).await,
         BenchCommand::Train { preset, batch, seq, steps, no_peer } => train(&preset, batch, seq, steps, no_peer),
         BenchCommand::Generate { preset, batch, prompt, new_tokens, no_peer } => generate(&preset, batch, prompt, new_tokens, no_peer),
     }
@@ -193,4 +210,40 @@ fn peer_script() -> Option<PathBuf> {
     [Path::new("scripts/peer_bench.py").to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peer_bench.py")]
         .into_iter()
         .find(|p| p.is_file())
+}
+
+async fn compress(ledger_path: &Path, files: Vec<PathBuf>, gaussian: usize, ranks: Vec<usize>) -> Result<(), String> {
+    let files = if files.is_empty() { accepted_chain(ledger_path).await? } else { files };
+    let mut named = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let short: String = f.file_name().and_then(|n| n.to_str()).unwrap_or("file").chars().take(8).collect();
+        named.push((short, bytes));
+    }
+    let inputs = evolve_compress::bench::chain_inputs(&named, gaussian).map_err(|e| e.to_string())?;
+    let options = evolve_compress::bench::BenchOptions { lowrank_ranks: ranks, ..Default::default() };
+    println!("evolve bench compress: {} checkpoint(s) in lineage order{}, {} threads", files.len(), if gaussian > 0 { format!(" + Gaussian {gaussian} parameters") } else { String::new() }, threads());
+    let rows = evolve_compress::bench::bench_with(&inputs, &options).map_err(|e| e.to_string())?;
+    print!("{}", evolve_compress::bench::format_table(&rows));
+    Ok(())
+}
+
+/// The latest run's base and accepted checkpoints, oldest first, as artifact paths.
+async fn accepted_chain(ledger_path: &Path) -> Result<Vec<PathBuf>, String> {
+    let ledger = evolve_ledger::Ledger::open_read_only(ledger_path).await.map_err(|e| e.to_string())?;
+    let run = ledger.latest_run().await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{}: no runs; pass checkpoint files instead", ledger_path.display()))?;
+    let cycles = ledger.cycles(Some(run.run_id)).await.map_err(|e| e.to_string())?;
+    ledger.close().await;
+    let store = ledger_path.parent().unwrap_or(Path::new(".")).join("artifacts");
+    let chain: Vec<PathBuf> = cycles
+        .iter()
+        .filter(|c| c.status == "accepted")
+        .filter_map(|c| c.checkpoint_hash.as_ref())
+        .map(|h| store.join(format!("{h}.safetensors")))
+        .filter(|p| p.is_file())
+        .collect();
+    if chain.is_empty() {
+        return Err(format!("{}: run {} has no accepted checkpoint in {}", ledger_path.display(), run.run_id, store.display()));
+    }
+    Ok(chain)
 }

@@ -10,6 +10,7 @@ use evolve_ledger::Ledger;
 use evolve_meta::{Budget, RunOptions};
 
 mod bench_cmd;
+mod compress_cmd;
 mod ledger_cmd;
 mod model_cmd;
 
@@ -44,6 +45,30 @@ enum Command {
     Status {
         #[arg(long, default_value = "runs/evolve.db")]
         ledger: PathBuf,
+    },
+    /// Compress any file (a safetensors checkpoint codes best) losslessly, optionally as a delta
+    /// against its parent; the output is verified bit-exact before it is written.
+    Compress {
+        input: PathBuf,
+        output: PathBuf,
+        /// Code against this parent file (the same tensors one fine-tuning cycle earlier).
+        #[arg(long)]
+        parent: Option<PathBuf>,
+        /// evolve-fp (float-aware, default) or zstd.
+        #[arg(long, default_value = "evolve-fp")]
+        codec: String,
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Restore a file written by `evolve compress` (blake3-verified).
+    Decompress {
+        input: PathBuf,
+        output: PathBuf,
+        /// The parent a delta was coded against.
+        #[arg(long)]
+        parent: Option<PathBuf>,
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Measure throughput against peers (PyTorch, zstd) in one run.
     Bench {
@@ -104,7 +129,9 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
         Command::Ledger { query } => ledger_cmd::execute(query).await,
         Command::Model { command } => model_cmd::execute(command),
-        Command::Bench { command } => bench_cmd::execute(command),
+        Command::Bench { command } => bench_cmd::execute(command).await,
+        Command::Compress { input, output, parent, codec, no_progress } => compress_cmd::compress(&input, &output, parent.as_ref(), &codec, !no_progress),
+        Command::Decompress { input, output, parent, no_progress } => compress_cmd::decompress(&input, &output, parent.as_ref(), !no_progress),
     }
 }
 

@@ -135,11 +135,14 @@ pub struct Options {
     pub threads: usize,
     /// log2 of the chunk size in bytes, 10..=26.
     pub chunk_log2: u8,
+    /// Called from the workers with the raw bytes of each chunk as it is coded or decoded (a
+    /// progress bar's tick; a plain `fn` keeps `Options` `Copy`).
+    pub progress: Option<fn(u64)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { threads: 0, chunk_log2: DEFAULT_CHUNK_LOG2 }
+        Options { threads: 0, chunk_log2: DEFAULT_CHUNK_LOG2, progress: None }
     }
 }
 
@@ -375,7 +378,11 @@ pub fn encode_with(raw: &[u8], parent: Option<&[u8]>, codec: Codec, opts: Option
     // Each worker codes a chunk and hashes it while it is still in cache.
     let coded = par_map(n, threads, |i| {
         let (c0, c1) = (i * c, ((i + 1) * c).min(raw.len()));
-        (chunk::encode_chunk(raw, parent, &runs, c0, c1, plan), cv_of(&raw[c0..c1], i, c))
+        let coded = (chunk::encode_chunk(raw, parent, &runs, c0, c1, plan), cv_of(&raw[c0..c1], i, c));
+        if let Some(tick) = opts.progress {
+            tick((c1 - c0) as u64);
+        }
+        coded
     });
     let hash = if n <= 1 { blake3::hash(raw) } else { root_hash(&coded.iter().map(|x| x.1).collect::<Vec<_>>(), raw.len() as u64, c as u64) };
     let chunk_lens = coded.iter().map(|(b, _)| u32::try_from(b.len()).map_err(|_| CompressError::Invalid("chunk grew past 4 GiB".into()))).collect::<Result<Vec<_>, _>>()?;
@@ -387,6 +394,15 @@ pub fn encode_with(raw: &[u8], parent: Option<&[u8]>, codec: Codec, opts: Option
         out.extend_from_slice(b);
     }
     Ok(out)
+}
+
+/// The decoded size a container declares (its header is checksummed), for progress bars; `None`
+/// for anything that is not a current container.
+pub fn raw_len(encoded: &[u8]) -> Option<u64> {
+    if !encoded.starts_with(MAGIC_V2) {
+        return None;
+    }
+    Header::parse(encoded).ok().map(|(h, _)| h.raw_len)
 }
 
 /// Decodes with explicit options; `parent` is required exactly for delta containers.
@@ -438,6 +454,9 @@ fn decode_body(encoded: &[u8], h: &Header, start: usize, parent: Option<&[u8]>, 
             CompressError::Corrupt(m) => CompressError::Corrupt(format!("chunk {i}: {m}")),
             e => e,
         })?;
+        if let Some(tick) = opts.progress {
+            tick(dst.len() as u64);
+        }
         Ok::<_, CompressError>(cv_of(&dst, i, c))
     });
     drop(slots);
@@ -589,7 +608,7 @@ mod tests {
 
     fn small_opts() -> Options {
         // 1 KiB chunks so small test files exercise many chunks, boundaries and the hash tree.
-        Options { threads: 2, chunk_log2: 10 }
+        Options { threads: 2, chunk_log2: 10, progress: None }
     }
 
     #[test]

@@ -58,7 +58,7 @@ mod tests {
     use crate::roles::{RefusalScore, SuiteScore};
 
     fn eval(mastered: u32, frontier: u32, refused: u32, over: u32) -> Evaluation {
-        let suite = |name: &str, role, correct| SuiteScore { suite: name.into(), skill: "s".into(), level: 1, role, n: 100, correct };
+        let suite = |name: &str, role, correct| SuiteScore { suite: name.into(), skill: "s".into(), level: 1, role, n: 100, correct, items: vec![] };
         Evaluation {
             checkpoint: "h".into(),
             suites: vec![suite("m", SuiteRole::Mastered, mastered), suite("f", SuiteRole::Frontier, frontier)],

@@ -109,30 +109,33 @@ FROM compression;
 -- (accepted or rejected candidate), against its parent and against the run's
 -- base (cycle 0). The parent's accuracy is its most recent evaluation on that
 -- suite in an earlier cycle of the same run; NULL when it was never evaluated
--- there. Correlated subqueries rather than window functions, each one an
--- index lookup (evals_by_checkpoint, evals_by_suite).
+-- there. Joins rather than correlated subqueries in the select list, so each
+-- comparison row is looked up once (a flattened subquery would evaluate
+-- every lookup twice: once for the column, once for the delta); every join
+-- is an index lookup (evals_by_checkpoint, evals_by_suite, primary keys).
 CREATE VIEW v_drift AS
-SELECT run_id, cycle, suite, accuracy,
-       accuracy - parent_accuracy AS delta_vs_parent,
-       accuracy - base_accuracy AS delta_vs_base,
-       status, checkpoint_hash, parent_hash, parent_accuracy, base_accuracy, role
-FROM (
-    SELECT e.run_id, e.cycle, e.suite, e.role, c.status, e.checkpoint_hash, c.parent_hash,
-           CASE WHEN e.n > 0 THEN CAST(e.correct AS REAL) / e.n END AS accuracy,
-           (SELECT CASE WHEN p.n > 0 THEN CAST(p.correct AS REAL) / p.n END
-              FROM evals AS p
-             WHERE p.run_id = e.run_id AND p.checkpoint_hash = c.parent_hash
-               AND p.suite = e.suite AND p.cycle < e.cycle
-             ORDER BY p.cycle DESC LIMIT 1) AS parent_accuracy,
-           (SELECT CASE WHEN b.n > 0 THEN CAST(b.correct AS REAL) / b.n END
-              FROM evals AS b
-             WHERE b.run_id = e.run_id AND b.cycle = 0 AND b.suite = e.suite
-               AND b.checkpoint_hash = (SELECT checkpoint_hash FROM cycles
-                                         WHERE run_id = e.run_id AND cycle = 0)) AS base_accuracy
-      FROM evals AS e
-      JOIN cycles AS c ON c.run_id = e.run_id AND c.cycle = e.cycle
-     WHERE c.checkpoint_hash IS NULL OR e.checkpoint_hash = c.checkpoint_hash
-);
+SELECT e.run_id, e.cycle, e.suite,
+       CASE WHEN e.n > 0 THEN CAST(e.correct AS REAL) / e.n END AS accuracy,
+       CASE WHEN e.n > 0 AND p.n > 0
+            THEN CAST(e.correct AS REAL) / e.n - CAST(p.correct AS REAL) / p.n END AS delta_vs_parent,
+       CASE WHEN e.n > 0 AND b.n > 0
+            THEN CAST(e.correct AS REAL) / e.n - CAST(b.correct AS REAL) / b.n END AS delta_vs_base,
+       c.status, e.checkpoint_hash, c.parent_hash,
+       CASE WHEN p.n > 0 THEN CAST(p.correct AS REAL) / p.n END AS parent_accuracy,
+       CASE WHEN b.n > 0 THEN CAST(b.correct AS REAL) / b.n END AS base_accuracy,
+       e.role
+FROM evals AS e
+JOIN cycles AS c ON c.run_id = e.run_id AND c.cycle = e.cycle
+LEFT JOIN cycles AS bc ON bc.run_id = e.run_id AND bc.cycle = 0
+LEFT JOIN evals AS b
+       ON b.run_id = e.run_id AND b.cycle = 0 AND b.checkpoint_hash = bc.checkpoint_hash
+      AND b.suite = e.suite
+LEFT JOIN evals AS p
+       ON p.run_id = e.run_id AND p.checkpoint_hash = c.parent_hash AND p.suite = e.suite
+      AND p.cycle = (SELECT MAX(q.cycle) FROM evals AS q
+                      WHERE q.run_id = e.run_id AND q.checkpoint_hash = c.parent_hash
+                        AND q.suite = e.suite AND q.cycle < e.cycle)
+WHERE c.checkpoint_hash IS NULL OR e.checkpoint_hash = c.checkpoint_hash;
 
 -- The checkpoint family tree of each run. Depth 0 is the base (cycle 0,
 -- once committed); every accepted cycle whose parent is in the tree is one
@@ -145,7 +148,9 @@ WITH RECURSIVE tree (checkpoint_hash, parent_hash, cycle, status, depth, run_id)
     SELECT checkpoint_hash, parent_hash, cycle, status, 0, run_id
       FROM cycles
      WHERE cycle = 0 AND checkpoint_hash IS NOT NULL AND status IN ('accepted', 'rejected')
-    UNION
+    -- UNION ALL: no de-duplication pass over every row. The walk ends because
+    -- each step goes to a strictly later cycle.
+    UNION ALL
     SELECT c.checkpoint_hash, c.parent_hash, c.cycle, c.status, t.depth + 1, c.run_id
       FROM tree AS t
       JOIN cycles AS c ON c.run_id = t.run_id AND c.parent_hash = t.checkpoint_hash

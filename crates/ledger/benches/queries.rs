@@ -75,6 +75,7 @@ async fn bench() -> i32 {
     let s3 = suite.clone();
     let s4 = suite.clone();
     let queries: Vec<(&str, Query)> = vec![
+        ("(open + close only)", Box::new(|_l: Ledger| Box::pin(async move { Ok(Table::default()) }))),
         ("ledger cycles", windowed(last, |l, w| async move { Ok(Table::from_rows(&l.cycles_in(w).await?)) })),
         ("ledger cycles --run 1", Box::new(|l: Ledger| Box::pin(async move {
             let w = l.window(Some(1), Some(20)).await?;
@@ -135,9 +136,17 @@ async fn bench() -> i32 {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         let max = times[times.len() - 1];
+        // `--all` returns every cycle of a 10 000-cycle run (10k-40k rows):
+        // not a default invocation, timed for information only.
+        let budgeted = !name.contains("--all");
         let ok = median < BUDGET_MS;
-        over += usize::from(!ok);
-        println!("{name:<34} {rows:>7} {median:>10.2} {max:>10.2}  {}", if ok { "ok" } else { "OVER 50 ms" });
+        over += usize::from(budgeted && !ok);
+        let verdict = match (budgeted, ok) {
+            (false, _) => "(not budgeted)",
+            (true, true) => "ok",
+            (true, false) => "OVER 50 ms",
+        };
+        println!("{name:<34} {rows:>7} {median:>10.2} {max:>10.2}  {verdict}");
     }
     if over > 0 {
         eprintln!("{over} queries over the {BUDGET_MS} ms budget");

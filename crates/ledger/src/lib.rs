@@ -19,7 +19,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection as _, Row as _};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _};
 
 mod query;
 mod record;
@@ -495,7 +495,10 @@ impl Ledger {
             // Belt and braces on top of mode=ro: SQLite itself refuses any
             // statement that would change the database, whatever the query.
             .pragma("query_only", "ON")
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // A researcher's long ad-hoc query is not a warning worth
+            // printing between the CLI's output lines.
+            .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)

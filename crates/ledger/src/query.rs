@@ -221,7 +221,7 @@ const LINEAGE: &str = "WITH RECURSIVE tree (checkpoint_hash, parent_hash, cycle,
     SELECT checkpoint_hash, parent_hash, cycle, status, 0, run_id
       FROM cycles
      WHERE run_id = ?1 AND cycle = 0 AND checkpoint_hash IS NOT NULL AND status IN ('accepted', 'rejected')
-    UNION
+    UNION ALL
     SELECT c.checkpoint_hash, c.parent_hash, c.cycle, c.status, t.depth + 1, c.run_id
       FROM tree AS t
       JOIN cycles AS c ON c.run_id = t.run_id AND c.parent_hash = t.checkpoint_hash
@@ -236,12 +236,17 @@ SELECT checkpoint_hash, parent_hash, cycle, status, depth, run_id FROM tree
 const DIFF_EVALS: &str = "SELECT suite, CASE WHEN n > 0 THEN CAST(correct AS REAL) / n END AS accuracy
  FROM evals WHERE run_id = ?1 AND cycle = ?2 AND checkpoint_hash = ?3";
 
-const DIFF_ITEMS: &str = "SELECT a.suite, a.item, a.correct AS was, b.correct AS now
+// Aggregated in SQLite: one row per suite instead of one per item pair.
+// group_concat skips the NULLs of items that did not flip.
+const DIFF_ITEMS: &str = "SELECT a.suite, COUNT(*) AS compared,
+        group_concat(CASE WHEN a.correct = 0 AND b.correct = 1 THEN a.item END, ' ') AS to_right,
+        group_concat(CASE WHEN a.correct = 1 AND b.correct = 0 THEN a.item END, ' ') AS to_wrong
  FROM eval_items AS a
  JOIN eval_items AS b
    ON b.run_id = a.run_id AND b.cycle = ?4 AND b.checkpoint_hash = ?5
   AND b.suite = a.suite AND b.item = a.item
- WHERE a.run_id = ?1 AND a.cycle = ?2 AND a.checkpoint_hash = ?3";
+ WHERE a.run_id = ?1 AND a.cycle = ?2 AND a.checkpoint_hash = ?3
+ GROUP BY a.suite";
 
 const DIFF_REFUSAL: &str = "SELECT refusal_rate, over_refusal_rate FROM v_refusal
  WHERE run_id = ?1 AND cycle = ?2 AND checkpoint_hash = ?3";
@@ -513,7 +518,7 @@ impl Ledger {
         }
 
         if let (Some(ha), Some(hb)) = (&hash_a, &hash_b) {
-            let pairs: Vec<(String, i64, bool, bool)> = sqlx::query_as(DIFF_ITEMS)
+            let per_suite: Vec<(String, i64, Option<String>, Option<String>)> = sqlx::query_as(DIFF_ITEMS)
                 .bind(run_id)
                 .bind(a)
                 .bind(ha)
@@ -522,15 +527,17 @@ impl Ledger {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| self.sql(at("reading eval items"), e))?;
-            for (suite, item, was, now) in pairs {
+            let items = |list: Option<String>| -> Result<Vec<u32>, LedgerError> {
+                list.unwrap_or_default()
+                    .split_whitespace()
+                    .map(|i| i.parse::<u32>().map_err(|_| self.invalid(at(&format!("eval item index '{i}' is not a non-negative integer")))))
+                    .collect()
+            };
+            for (suite, compared, to_right, to_wrong) in per_suite {
                 let d = suites.entry(suite.clone()).or_insert_with(|| blank(&suite));
-                d.items_compared += 1;
-                let item = u32::try_from(item).unwrap_or(u32::MAX);
-                match (was, now) {
-                    (false, true) => d.to_right_items.push(item),
-                    (true, false) => d.to_wrong_items.push(item),
-                    _ => {}
-                }
+                d.items_compared = u32::try_from(compared).unwrap_or(u32::MAX);
+                d.to_right_items = items(to_right)?;
+                d.to_wrong_items = items(to_wrong)?;
             }
         }
         for d in suites.values_mut() {

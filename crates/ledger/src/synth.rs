@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, Sqlite};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
 
 use crate::{iso_from_unix_millis, Ledger, LedgerError, RunId};
 
@@ -165,21 +165,21 @@ async fn flush_all(w: &mut Writer, b: &mut Batches) -> Result<(), LedgerError> {
         &mut b.cycles, &mut b.checkpoints, &mut b.evals, &mut b.items, &mut b.refusals, &mut b.mix, &mut b.surgery,
         &mut b.examples, &mut b.steps, &mut b.usage, &mut b.compression, &mut b.quantized, &mut b.gap,
     ] {
-        w.flush(batch, true).await?;
+        w.flush(batch).await?;
     }
     Ok(())
 }
 
 struct Writer {
-    conn: PoolConnection<Sqlite>,
+    conn: SqliteConnection,
     sql: HashMap<(&'static str, usize), String>,
     path: PathBuf,
 }
 
 impl Writer {
-    async fn flush(&mut self, b: &mut Batch, force: bool) -> Result<(), LedgerError> {
+    async fn flush(&mut self, b: &mut Batch) -> Result<(), LedgerError> {
         let per_stmt = (MAX_PARAMS / b.columns.len()).min(500);
-        while b.rows() >= per_stmt || (force && b.rows() > 0) {
+        while b.rows() > 0 {
             let k = b.rows().min(per_stmt);
             let take = k * b.columns.len();
             let sql = self
@@ -199,7 +199,7 @@ impl Writer {
                     V::N => q.bind(None::<i64>),
                 };
             }
-            q.execute(&mut *self.conn)
+            q.execute(&mut self.conn)
                 .await
                 .map_err(|e| crate::sql_err(&self.path, format!("synthesizing: inserting into {}", b.table), e))?;
         }
@@ -266,11 +266,25 @@ async fn write(tmp: &Path, o: &SynthOptions) -> Result<SynthSummary, LedgerError
             config_json: format!(r#"{{"synthetic":true,"cycles":{},"suites":{},"seed":{}}}"#, o.cycles, o.suites, o.seed),
         })
         .await?;
-    let conn = ledger.pool.acquire().await.map_err(|e| ledger.sql("synthesizing: acquiring a connection", e))?;
+    ledger.close().await;
+    // One dedicated connection: foreign keys on (the generator's rows must
+    // be as consistent as the controller's), no per-statement durability (a
+    // throwaway file until the rename; the single transaction is what makes
+    // it all-or-nothing), and no slow-statement warnings for the one big
+    // COMMIT that is expected to be slow.
+    let options = SqliteConnectOptions::new()
+        .filename(tmp)
+        .foreign_keys(true)
+        .synchronous(SqliteSynchronous::Off)
+        .pragma("cache_size", "-131072")
+        .busy_timeout(crate::BUSY_TIMEOUT)
+        .disable_statement_logging();
+    let conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| crate::sql_err(tmp, "synthesizing: opening", e))?;
     let mut w = Writer { conn, sql: HashMap::new(), path: tmp.to_owned() };
     let summary = generate(&mut w, run_id, o).await;
-    drop(w);
-    ledger.close().await;
+    w.conn.close().await.map_err(|e| crate::sql_err(tmp, "synthesizing: closing", e))?;
     let mut s = summary?;
     s.path = tmp.to_owned();
     Ok(s)
@@ -279,11 +293,7 @@ async fn write(tmp: &Path, o: &SynthOptions) -> Result<SynthSummary, LedgerError
 async fn generate(w: &mut Writer, run_id: RunId, o: &SynthOptions) -> Result<SynthSummary, LedgerError> {
     let path = w.path.clone();
     let at = |e| crate::sql_err(&path, "synthesizing", e);
-    // A throwaway file until the rename: durability per statement buys
-    // nothing, and one transaction is what makes it all-or-nothing.
-    for pragma in ["PRAGMA synchronous = OFF", "PRAGMA cache_size = -131072", "BEGIN IMMEDIATE"] {
-        sqlx::query(pragma).execute(&mut *w.conn).await.map_err(at)?;
-    }
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut w.conn).await.map_err(at)?;
 
     let suites: Vec<Suite> = (0..o.suites)
         .map(|s| {
@@ -342,7 +352,7 @@ async fn generate(w: &mut Writer, run_id: RunId, o: &SynthOptions) -> Result<Syn
 
     let (mut accepted, mut rejected, mut failed, mut eval_rows, mut item_rows) = (0u32, 0u32, 0u32, 0u64, 0u64);
     let item_from = o.cycles.saturating_sub(o.item_cycles);
-    let gain = (20.0 / f64::from(o.cycles.max(200))).min(0.05);
+    let gain = (8.0 / f64::from(o.cycles.max(200))).min(0.05);
     let raw_bytes: i64 = 3_682_840;
 
     for cycle in 0..o.cycles {
@@ -547,12 +557,12 @@ async fn generate(w: &mut Writer, run_id: RunId, o: &SynthOptions) -> Result<Syn
     sqlx::query("UPDATE runs SET status = 'finished', finished_at = ?, stop_reason = 'cycle limit reached' WHERE run_id = ?")
         .bind(iso_from_unix_millis(t0 + i64::from(o.cycles) * 600_000))
         .bind(run_id)
-        .execute(&mut *w.conn)
+        .execute(&mut w.conn)
         .await
         .map_err(|e| crate::sql_err(&w.path, "synthesizing: finishing the run", e))?;
-    sqlx::query("COMMIT").execute(&mut *w.conn).await.map_err(|e| crate::sql_err(&w.path, "synthesizing: committing", e))?;
+    sqlx::query("COMMIT").execute(&mut w.conn).await.map_err(|e| crate::sql_err(&w.path, "synthesizing: committing", e))?;
     // Planner statistics, so researchers' ad-hoc joins pick the indexes too.
-    sqlx::query("ANALYZE").execute(&mut *w.conn).await.map_err(|e| crate::sql_err(&w.path, "synthesizing: analyzing", e))?;
+    sqlx::query("ANALYZE").execute(&mut w.conn).await.map_err(|e| crate::sql_err(&w.path, "synthesizing: analyzing", e))?;
     Ok(SynthSummary {
         path: PathBuf::new(),
         run_id,

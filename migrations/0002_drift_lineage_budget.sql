@@ -9,9 +9,10 @@
 
 -- ---------------------------------------------------------------- indexes
 -- evals' primary key (run_id, cycle, checkpoint_hash, suite) serves "one
--- cycle". These serve "the parent checkpoint's result on a suite" (drift,
--- diff) and "one suite over time" (drift --suite, the base lookup).
-CREATE INDEX evals_by_checkpoint ON evals (run_id, checkpoint_hash, suite, cycle);
+-- cycle". These serve "the parent's / the base's result on a suite" (drift,
+-- diff; covering, so those lookups never touch the table) and "one suite
+-- over time" (drift --suite).
+CREATE INDEX evals_by_checkpoint ON evals (run_id, checkpoint_hash, suite, cycle, n, correct);
 CREATE INDEX evals_by_suite ON evals (run_id, suite, cycle);
 -- Lineage walks parent -> child within a run.
 CREATE INDEX cycles_by_parent ON cycles (run_id, parent_hash);

@@ -73,7 +73,8 @@ async fn bench() -> i32 {
     let suite = "sorting/L3".to_string();
     let s2 = suite.clone();
     let s3 = suite.clone();
-    let s4 = suite.clone();
+    let s4 = "addition/L1".to_string();
+    let s5 = s4.clone();
     let queries: Vec<(&str, Query)> = vec![
         ("(open + close only)", Box::new(|_l: Ledger| Box::pin(async move { Ok(Table::default()) }))),
         ("ledger cycles", windowed(last, |l, w| async move { Ok(Table::from_rows(&l.cycles_in(w).await?)) })),
@@ -97,7 +98,11 @@ async fn bench() -> i32 {
         ("ledger budget", windowed(last, |l, w| async move { Ok(Table::from_rows(&l.budget(w).await?)) })),
         ("ledger budget --all", windowed(None, |l, w| async move { Ok(Table::from_rows(&l.budget(w).await?)) })),
         ("ledger quantized", windowed(last, |l, w| async move { Ok(Table::from_rows(&l.quantized(w, None).await?)) })),
-        ("ledger quantized --suite S --all", windowed(None, move |l, w| {
+        ("ledger quantized --suite Q", windowed(last, move |l, w| {
+            let s = s5.clone();
+            async move { Ok(Table::from_rows(&l.quantized(w, Some(&s)).await?)) }
+        })),
+        ("ledger quantized --suite Q --all", windowed(None, move |l, w| {
             let s = s4.clone();
             async move { Ok(Table::from_rows(&l.quantized(w, Some(&s)).await?)) }
         })),
@@ -116,6 +121,29 @@ async fn bench() -> i32 {
         })),
     ];
 
+    if std::env::var_os("EVOLVE_BENCH_BREAKDOWN").is_some() {
+        for _ in 0..5 {
+            let t = Instant::now();
+            let l = Ledger::open_read_only(&path).await.unwrap();
+            let t_open = t.elapsed();
+            let w = l.window(None, Some(20)).await.unwrap();
+            let t_window = t.elapsed();
+            let rows = l.drift(w, None).await.unwrap();
+            let t_query = t.elapsed();
+            let table = Table::from_rows(&rows);
+            let text = table.render(Format::Table);
+            let t_render = t.elapsed();
+            let raw = l.sql_read_only("SELECT * FROM v_drift WHERE run_id = 1 AND cycle >= 9980").await.unwrap();
+            let t_sql = t.elapsed();
+            let n = l.sql_read_only("SELECT COUNT(*), SUM(delta_vs_parent) FROM v_drift WHERE run_id = 1 AND cycle >= 9980").await.unwrap();
+            let t_count = t.elapsed();
+            l.close().await;
+            println!(
+                "drift breakdown: open {:?} window {:?} query {:?} render {:?} ({} bytes) | sql {} rows {:?} | sql count {:?} {:?}",
+                t_open, t_window - t_open, t_query - t_window, t_render - t_query, text.len(), raw.rows.len(), t_sql - t_render, t_count - t_sql, n.rows[0]
+            );
+        }
+    }
     println!("\n{:<34} {:>7} {:>10} {:>10}  {}", "invocation (1M eval rows)", "rows", "median ms", "max ms", "budget");
     let mut over = 0;
     for (name, q) in &queries {

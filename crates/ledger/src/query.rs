@@ -181,7 +181,9 @@ macro_rules! drift_select {
          FROM v_drift WHERE run_id = ?1 AND cycle >= ?2"
     };
 }
-const DRIFT: &str = concat!(drift_select!(), " ORDER BY cycle, suite");
+// checkpoint_hash is one value per cycle here; ordering by it too matches
+// the primary key's order, so SQLite needs no sort.
+const DRIFT: &str = concat!(drift_select!(), " ORDER BY cycle, checkpoint_hash, suite");
 const DRIFT_SUITE: &str = concat!(drift_select!(), " AND suite = ?3 ORDER BY cycle");
 
 macro_rules! quantized_select {

@@ -169,7 +169,8 @@ impl Table {
                 r.iter()
                     .zip(&self.columns)
                     .map(|(c, name)| match c {
-                        Cell::Text(t) if name.ends_with("hash") && t.len() > 12 => t[..12].to_string(),
+                        // By characters: `sql` can put any text in a *hash column.
+                        Cell::Text(t) if name.ends_with("hash") && t.chars().count() > 12 => t.chars().take(12).collect(),
                         _ => c.human(),
                     })
                     .collect()
@@ -187,30 +188,32 @@ impl Table {
                     && self.rows.iter().all(|r| !matches!(r.get(i), Some(Cell::Text(_))))
             })
             .collect();
-        let line = |cells: &[String]| {
-            let mut out = String::new();
+        // One output buffer, padding pushed in place: a 2000-row drift
+        // table is ~25 000 cells and this is on the CLI's critical path.
+        let total: usize = widths.iter().sum::<usize>() + 2 * widths.len() + 1;
+        let mut out = String::with_capacity(total * (shown.len() + 2));
+        let line = |out: &mut String, cells: &[String]| {
+            let start = out.len();
             for (i, cell) in cells.iter().enumerate() {
                 let pad = widths[i].saturating_sub(cell.chars().count());
                 if i > 0 {
                     out.push_str("  ");
                 }
                 if numeric[i] {
-                    out.push_str(&" ".repeat(pad));
+                    out.extend(std::iter::repeat_n(' ', pad));
                     out.push_str(cell);
                 } else {
                     out.push_str(cell);
-                    if i + 1 < cells.len() {
-                        out.push_str(&" ".repeat(pad));
-                    }
+                    out.extend(std::iter::repeat_n(' ', pad));
                 }
             }
-            out.truncate(out.trim_end().len());
+            let end = out[start..].trim_end().len();
+            out.truncate(start + end);
             out.push('\n');
-            out
         };
-        let mut out = line(&self.columns);
+        line(&mut out, &self.columns);
         for row in &shown {
-            out.push_str(&line(row));
+            line(&mut out, row);
         }
         if self.rows.is_empty() {
             out.push_str("(no rows)\n");

@@ -134,7 +134,8 @@ async fn a_ledger_written_by_schema_1_migrates_and_keeps_its_data() {
     let w = l.window(Some(run), None).await.unwrap();
     let drift = l.drift(w, Some("reversal/L1")).await.unwrap();
     // reversal/L1: 87, 88, 88, 88 out of 100 in cycles 0..3.
-    let got: Vec<(u32, Option<f64>, Option<f64>, Option<f64>)> =
+    type Drift = (u32, Option<f64>, Option<f64>, Option<f64>);
+    let got: Vec<Drift> =
         drift.iter().map(|d| (d.cycle, d.accuracy, d.delta_vs_parent, d.delta_vs_base)).collect();
     let want = [(0, Some(0.87), None, Some(0.0)), (1, Some(0.88), Some(0.88 - 0.87), Some(0.88 - 0.87)), (2, Some(0.88), Some(0.0), Some(0.88 - 0.87)), (3, Some(0.88), Some(0.0), Some(0.88 - 0.87))];
     assert_eq!(got.len(), 4);

@@ -601,7 +601,7 @@ impl Ledger {
         let first = first_keyword(&stmt);
         let allowed = match first.as_str() {
             "SELECT" | "WITH" | "VALUES" | "EXPLAIN" => true,
-            "PRAGMA" => !stmt.contains('='),
+            "PRAGMA" => read_only_pragma(&stmt),
             _ => false,
         };
         if !allowed {
@@ -675,6 +675,41 @@ fn cell(r: &SqliteRow, i: usize) -> Result<Cell, sqlx::Error> {
         }
         _ => Cell::Text(r.try_get(i)?),
     })
+}
+
+/// Pragmas that only report, with no argument; and those whose argument
+/// names what to report on (for the others, `PRAGMA x(v)` sets x, like
+/// `PRAGMA x = v`).
+const READ_PRAGMAS: &[&str] = &[
+    "application_id", "collation_list", "compile_options", "data_version", "database_list", "encoding",
+    "freelist_count", "function_list", "journal_mode", "module_list", "page_count", "page_size", "pragma_list",
+    "schema_version", "user_version",
+];
+const READ_PRAGMAS_WITH_ARGUMENT: &[&str] = &[
+    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo", "integrity_check",
+    "quick_check", "table_info", "table_list", "table_xinfo",
+];
+
+/// `PRAGMA [schema.]name` or `PRAGMA [schema.]name(arg)` for a pragma that
+/// only reads (see above); never an assignment.
+fn read_only_pragma(stmt: &str) -> bool {
+    let body = stmt.trim_start();
+    let Some(rest) = body.get(6..).filter(|_| body[..6].eq_ignore_ascii_case("pragma")) else {
+        return false;
+    };
+    if rest.contains('=') {
+        return false;
+    }
+    let rest = rest.trim();
+    let (name, arg) = match rest.split_once('(') {
+        Some((n, a)) => (n.trim(), Some(a)),
+        None => (rest, None),
+    };
+    let name = name.rsplit('.').next().unwrap_or(name).trim().to_ascii_lowercase();
+    match arg {
+        None => READ_PRAGMAS.contains(&name.as_str()) || READ_PRAGMAS_WITH_ARGUMENT.contains(&name.as_str()),
+        Some(_) => READ_PRAGMAS_WITH_ARGUMENT.contains(&name.as_str()),
+    }
 }
 
 /// The first keyword of a statement, upper-cased, skipping comments and
@@ -766,6 +801,16 @@ mod tests {
         assert_eq!(split_statements("SELECT \"a;b\", [c;d], `e;f`, 'it''s;' FROM t").unwrap().len(), 1);
         assert!(split_statements("SELECT 'open").is_err());
         assert!(split_statements("  -- nothing\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_reading_pragmas_pass() {
+        for ok in ["PRAGMA table_info(v_drift)", "pragma main.index_list('evals')", "PRAGMA user_version", "PRAGMA journal_mode"] {
+            assert!(read_only_pragma(ok), "{ok}");
+        }
+        for bad in ["PRAGMA user_version = 3", "PRAGMA journal_mode(DELETE)", "PRAGMA query_only(0)", "PRAGMA writable_schema", "PRAGMA"] {
+            assert!(!read_only_pragma(bad), "{bad}");
+        }
     }
 
     #[test]

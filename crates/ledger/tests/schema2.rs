@@ -409,6 +409,8 @@ async fn read_only_sql_refuses_writes_and_leaves_the_file_byte_identical() {
         (&format!("ATTACH DATABASE '{}' AS side", side.display()), "ATTACH"),
         ("PRAGMA user_version = 5", "PRAGMA"),
         ("PRAGMA journal_mode=DELETE", "PRAGMA"),
+        ("PRAGMA journal_mode(DELETE)", "PRAGMA"),
+        ("PRAGMA query_only(0)", "PRAGMA"),
         ("VACUUM", "VACUUM"),
         ("SELECT 1; DELETE FROM evals", "2 statements"),
         ("SELECT 1; SELECT 2", "2 statements"),

@@ -14,8 +14,10 @@
 -- over time" (drift --suite).
 CREATE INDEX evals_by_checkpoint ON evals (run_id, checkpoint_hash, suite, cycle, n, correct);
 CREATE INDEX evals_by_suite ON evals (run_id, suite, cycle);
--- Lineage walks parent -> child within a run.
+-- Lineage walks parent -> child within a run (v_lineage), and researchers
+-- walk child -> parent from the current checkpoint (docs/ledger.md).
 CREATE INDEX cycles_by_parent ON cycles (run_id, parent_hash);
+CREATE INDEX cycles_by_checkpoint ON cycles (run_id, checkpoint_hash);
 
 -- ---------------------------------------------------------------- per-item correctness
 -- One row per problem of a frozen held-out suite: item is the problem's index

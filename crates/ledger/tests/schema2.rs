@@ -190,6 +190,9 @@ async fn drift_deltas_are_against_parent_and_base() {
     assert_eq!(only.iter().map(|r| r.cycle).collect::<Vec<_>>(), vec![3], "last 2 cycles are 3 and 4; 4 failed");
     assert!(close(only[0].delta_vs_parent, Some(0.1)));
 
+    // The API's own query and the public view agree on every column.
+    assert_eq!(Table::from_rows(&rows), view_drift(&l, run).await);
+
     // The public view says the same as the API.
     let t = l.sql_read_only("SELECT cycle, suite, delta_vs_parent, delta_vs_base FROM v_drift WHERE suite = 's/b' ORDER BY cycle").await.unwrap();
     assert_eq!(t.columns, vec!["cycle", "suite", "delta_vs_parent", "delta_vs_base"]);
@@ -208,6 +211,17 @@ async fn a_ledger_without_runs_says_so() {
     let err = l.window(None, Some(20)).await.unwrap_err();
     assert!(matches!(err, LedgerError::NoRuns { .. }) && err.to_string().contains(path.to_str().unwrap()), "{err}");
     l.close().await;
+}
+
+/// v_drift for a whole run, in the API's column order and row order.
+async fn view_drift(l: &Ledger, run: RunId) -> Table {
+    l.sql_read_only(&format!(
+        "SELECT run_id, cycle, suite, accuracy, delta_vs_parent, delta_vs_base, status, checkpoint_hash,
+                parent_hash, parent_accuracy, base_accuracy, role
+         FROM v_drift WHERE run_id = {run} ORDER BY cycle, checkpoint_hash, suite"
+    ))
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -554,6 +568,14 @@ async fn synth_writes_a_consistent_ledger_and_refuses_to_overwrite() {
     let deepest = lineage.iter().filter(|r| r.status == "accepted").map(|r| r.depth).max().unwrap();
     assert_eq!(deepest, s.accepted);
     assert_eq!(lineage.iter().filter(|r| r.status == "rejected").count() as u32, s.rejected);
+    // The drift API equals the public view over every cycle, rejected and
+    // failed ones included, and the lineage API equals v_lineage.
+    assert_eq!(Table::from_rows(&l.drift(w, None).await.unwrap()), view_drift(&l, w.run_id).await);
+    let view_lineage = l
+        .sql_read_only("SELECT checkpoint_hash, parent_hash, cycle, status, depth, run_id FROM v_lineage ORDER BY cycle")
+        .await
+        .unwrap();
+    assert_eq!(Table::from_rows(&lineage), view_lineage);
     // Every view answers, with plausible numbers.
     let drift = l.drift(l.window(None, Some(20)).await.unwrap(), None).await.unwrap();
     assert!(!drift.is_empty() && drift.iter().all(|d| d.cycle >= 380 && d.delta_vs_base.is_some()));

@@ -175,10 +175,11 @@ impl CycleDiff {
 // than `(?3 IS NULL OR suite = ?3)`: SQLite plans a statement once, before
 // the binding is known, and the OR form can never use the suite index.
 // v_drift's definition for one run's window, with two differences that
-// change only the cost: the base checkpoint is bound once (?3) instead of
-// being looked up for every row, and the deltas are taken in Rust (the same
-// f64 subtraction the view does in SQL), so each comparison is one index
-// lookup used once. A test checks that the rows equal the view's.
+// change only the cost: the base checkpoint is an uncorrelated subquery
+// (SQLite evaluates it once per statement, not once per row), and the deltas
+// are taken in Rust (the same f64 subtraction the view does in SQL), so each
+// comparison is one index lookup used once. A test checks that the rows
+// equal the view's.
 macro_rules! drift_select {
     () => {
         "SELECT e.cycle, e.suite, e.role, c.status, e.checkpoint_hash, c.parent_hash,
@@ -190,8 +191,9 @@ macro_rules! drift_select {
                   ORDER BY q.cycle DESC LIMIT 1) AS parent_accuracy,
                 (SELECT CASE WHEN b.n > 0 THEN CAST(b.correct AS REAL) / b.n END
                    FROM evals AS b
-                  WHERE b.run_id = ?1 AND b.cycle = 0 AND b.checkpoint_hash = ?3
-                    AND b.suite = e.suite) AS base_accuracy
+                  WHERE b.run_id = ?1 AND b.cycle = 0 AND b.suite = e.suite
+                    AND b.checkpoint_hash = (SELECT checkpoint_hash FROM cycles
+                                              WHERE run_id = ?1 AND cycle = 0)) AS base_accuracy
          FROM evals AS e
          JOIN cycles AS c ON c.run_id = e.run_id AND c.cycle = e.cycle
          WHERE e.run_id = ?1 AND e.cycle >= ?2
@@ -201,7 +203,7 @@ macro_rules! drift_select {
 // checkpoint_hash is one value per cycle here; ordering by it too matches
 // the primary key's order, so SQLite needs no sort.
 const DRIFT: &str = concat!(drift_select!(), " ORDER BY e.cycle, e.checkpoint_hash, e.suite");
-const DRIFT_SUITE: &str = concat!(drift_select!(), " AND e.suite = ?4 ORDER BY e.cycle");
+const DRIFT_SUITE: &str = concat!(drift_select!(), " AND e.suite = ?3 ORDER BY e.cycle");
 
 macro_rules! quantized_select {
     () => {
@@ -274,8 +276,8 @@ const DIFF_REFUSAL: &str = "SELECT refusal_rate, over_refusal_rate FROM v_refusa
 /// for [`Ledger::query_plans`].
 const HOT_QUERIES: &[(&str, &str, usize)] = &[
     ("cycles", CYCLES, 2),
-    ("drift", DRIFT, 3),
-    ("drift --suite", DRIFT_SUITE, 4),
+    ("drift", DRIFT, 2),
+    ("drift --suite", DRIFT_SUITE, 3),
     ("refusal", REFUSAL, 2),
     ("compression", COMPRESSION, 2),
     ("lineage", LINEAGE, 2),
@@ -311,18 +313,24 @@ impl Ledger {
     /// The last `last` cycles of a run (`None`: all of them), counted back
     /// from its highest cycle number.
     pub async fn window(&self, run: Option<RunId>, last: Option<u32>) -> Result<Window, LedgerError> {
-        let run_id = self.resolve_run(run).await?;
+        // One round trip: the run (given or latest) and its highest cycle.
+        let found: Option<(RunId, Option<i64>)> = sqlx::query_as(
+            "SELECT r.run_id, (SELECT MAX(c.cycle) FROM cycles AS c WHERE c.run_id = r.run_id)
+             FROM runs AS r WHERE (?1 IS NULL OR r.run_id = ?1) ORDER BY r.run_id DESC LIMIT 1",
+        )
+        .bind(run)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.sql("reading the run to query", e))?;
+        let Some((run_id, max)) = found else {
+            return Err(match run {
+                Some(id) => self.unknown_run(id),
+                None => LedgerError::NoRuns { path: self.path.clone() },
+            });
+        };
         let first_cycle = match last {
             None => 0,
-            Some(n) => {
-                let max: Option<i64> = sqlx::query_scalar("SELECT MAX(cycle) FROM cycles WHERE run_id = ?")
-                    .bind(run_id)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| self.sql(format!("reading the cycles of run {run_id}"), e))?;
-                let max = max.unwrap_or(0);
-                u32::try_from((max + 1 - i64::from(n)).max(0)).unwrap_or(0)
-            }
+            Some(n) => u32::try_from((max.unwrap_or(0) + 1 - i64::from(n)).max(0)).unwrap_or(0),
         };
         Ok(Window { run_id, first_cycle })
     }
@@ -340,16 +348,9 @@ impl Ledger {
     /// Per cycle and suite: accuracy and its deltas vs the parent checkpoint
     /// and vs the base (v_drift), optionally for one suite.
     pub async fn drift(&self, w: Window, suite: Option<&str>) -> Result<Vec<DriftRow>, LedgerError> {
-        let base: Option<Option<String>> =
-            sqlx::query_scalar("SELECT checkpoint_hash FROM cycles WHERE run_id = ? AND cycle = 0")
-                .bind(w.run_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.sql(format!("reading the base of run {}", w.run_id), e))?;
-        let base = base.flatten();
         let q = match suite {
-            Some(s) => sqlx::query(DRIFT_SUITE).bind(w.run_id).bind(w.first_cycle).bind(base).bind(s.to_owned()),
-            None => sqlx::query(DRIFT).bind(w.run_id).bind(w.first_cycle).bind(base),
+            Some(s) => sqlx::query(DRIFT_SUITE).bind(w.run_id).bind(w.first_cycle).bind(s.to_owned()),
+            None => sqlx::query(DRIFT).bind(w.run_id).bind(w.first_cycle),
         };
         let run_id = w.run_id;
         q.try_map(move |r: SqliteRow| {

@@ -19,7 +19,16 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection as _, Row as _};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _};
+
+mod query;
+mod record;
+pub mod synth;
+mod table;
+
+pub use query::*;
+pub use record::*;
+pub use table::{Cell, Format, Table, TableRow};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
@@ -79,6 +88,16 @@ pub enum LedgerError {
     },
     #[error("ledger {}: invalid record: {what}", .path.display())]
     Invalid { path: PathBuf, what: String },
+    #[error("ledger {}: already exists; synth writes new ledgers only (remove it or choose another path)", .path.display())]
+    Exists { path: PathBuf },
+    #[error("ledger {}: no runs recorded yet", .path.display())]
+    NoRuns { path: PathBuf },
+    #[error("ledger {}: run {run_id} has no cycle {cycle}", .path.display())]
+    UnknownCycle { path: PathBuf, run_id: RunId, cycle: u32 },
+    /// A query given to [`Ledger::sql_read_only`] that is not one read-only
+    /// statement, or that SQLite rejected.
+    #[error("ledger {}: {why}", .path.display())]
+    Query { path: PathBuf, why: String },
 }
 
 /// A handle on one ledger file. Cloning shares the same connection pool.
@@ -302,6 +321,10 @@ pub struct CompressionRow {
     pub encode_ms: f64,
     pub decode_ms: f64,
     pub lossless: bool,
+    /// Delta-coded rows: the checkpoint they are coded against.
+    pub parent_hash: Option<String>,
+    /// Lossy rows: mean accuracy delta vs the lossless checkpoint.
+    pub eval_delta: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -469,7 +492,13 @@ impl Ledger {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            // Belt and braces on top of mode=ro: SQLite itself refuses any
+            // statement that would change the database, whatever the query.
+            .pragma("query_only", "ON")
+            .busy_timeout(BUSY_TIMEOUT)
+            // A researcher's long ad-hoc query is not a warning worth
+            // printing between the CLI's output lines.
+            .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)
@@ -642,6 +671,13 @@ impl Ledger {
     /// A cycle that was never started is inserted as if started now, so that
     /// an orchestration slip cannot cost the cycle's results.
     pub async fn commit_cycle(&self, c: &CycleOutcome) -> Result<(), LedgerError> {
+        self.commit_cycle_with(c, &CycleExtras::default()).await
+    }
+
+    /// [`commit_cycle`](Self::commit_cycle) plus the facts added in schema
+    /// 2 (per-item correctness, role usage, proxy gap), all in the same
+    /// single transaction.
+    pub async fn commit_cycle_with(&self, c: &CycleOutcome, extra: &CycleExtras) -> Result<(), LedgerError> {
         if c.status == CycleStatus::Running {
             return Err(self.invalid(format!(
                 "run {} cycle {}: a cycle cannot be committed as 'running'",
@@ -650,6 +686,7 @@ impl Ledger {
         }
         let examples_trained = self.int("examples_trained", c.examples_trained)?;
         let tokens_trained = self.int("tokens_trained", c.tokens_trained)?;
+        self.check_extras(c, extra)?;
         let (run_id, cycle) = (c.run_id, c.cycle);
         let at = |what: &str| format!("committing run {run_id} cycle {cycle}: {what}");
 
@@ -780,6 +817,8 @@ impl Ledger {
             .map_err(|e| self.sql(at(&format!("example stats for skill '{}'", x.skill)), e))?;
         }
 
+        self.write_extras(&mut tx, c, extra).await?;
+
         tx.commit()
             .await
             .map_err(|e| self.sql(at("committing transaction"), e))
@@ -788,47 +827,7 @@ impl Ledger {
     /// Recompression may be redone for the same checkpoint and codec after a
     /// resume; the latest measurement replaces the earlier one.
     pub async fn record_compression(&self, c: &CompressionRecord) -> Result<(), LedgerError> {
-        let raw = self.int("raw_bytes", c.raw_bytes)?;
-        let stored = self.int("stored_bytes", c.stored_bytes)?;
-        sqlx::query(
-            "INSERT INTO compression (run_id, cycle, checkpoint_hash, codec, raw_bytes, stored_bytes,
-                                      encode_ms, decode_ms, lossless, verified_hash, path, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (run_id, cycle, checkpoint_hash, codec) DO UPDATE SET
-                 raw_bytes = excluded.raw_bytes,
-                 stored_bytes = excluded.stored_bytes,
-                 encode_ms = excluded.encode_ms,
-                 decode_ms = excluded.decode_ms,
-                 lossless = excluded.lossless,
-                 verified_hash = excluded.verified_hash,
-                 path = excluded.path,
-                 recorded_at = excluded.recorded_at",
-        )
-        .bind(c.run_id)
-        .bind(c.cycle)
-        .bind(&c.checkpoint_hash)
-        .bind(&c.codec)
-        .bind(raw)
-        .bind(stored)
-        .bind(c.encode_ms)
-        .bind(c.decode_ms)
-        .bind(c.lossless)
-        .bind(&c.verified_hash)
-        .bind(&c.path)
-        .bind(now_iso())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| {
-            self.write_err(
-                format!(
-                    "recording compression of {} with {} (run {} cycle {})",
-                    c.checkpoint_hash, c.codec, c.run_id, c.cycle
-                ),
-                c.run_id,
-                e,
-            )
-        })?;
-        Ok(())
+        self.record_compression_with(c, &CompressionExtras::default()).await
     }
 
     /// Cycles of one run, or of all runs, ordered by run then cycle.
@@ -904,24 +903,11 @@ impl Ledger {
     pub async fn compression(&self, run_id: RunId) -> Result<Vec<CompressionRow>, LedgerError> {
         sqlx::query(
             "SELECT run_id, cycle, checkpoint_hash, codec, raw_bytes, stored_bytes, ratio,
-                    encode_ms, decode_ms, lossless
+                    encode_ms, decode_ms, lossless, parent_hash, eval_delta
              FROM v_compression WHERE run_id = ? ORDER BY cycle, checkpoint_hash, codec",
         )
         .bind(run_id)
-        .try_map(|r: SqliteRow| {
-            Ok(CompressionRow {
-                run_id: r.try_get("run_id")?,
-                cycle: r.try_get("cycle")?,
-                checkpoint_hash: r.try_get("checkpoint_hash")?,
-                codec: r.try_get("codec")?,
-                raw_bytes: r.try_get("raw_bytes")?,
-                stored_bytes: r.try_get("stored_bytes")?,
-                ratio: ratio(&r, "ratio")?,
-                encode_ms: r.try_get("encode_ms")?,
-                decode_ms: r.try_get("decode_ms")?,
-                lossless: r.try_get("lossless")?,
-            })
-        })
+        .try_map(compression_row)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.sql(format!("reading compression of run {run_id}"), e))
@@ -1151,6 +1137,23 @@ fn cycle_row(r: SqliteRow) -> Result<CycleRow, sqlx::Error> {
         finished_at: r.try_get("finished_at")?,
         examples_trained: r.try_get("examples_trained")?,
         reason: r.try_get("reason")?,
+    })
+}
+
+fn compression_row(r: SqliteRow) -> Result<CompressionRow, sqlx::Error> {
+    Ok(CompressionRow {
+        run_id: r.try_get("run_id")?,
+        cycle: r.try_get("cycle")?,
+        checkpoint_hash: r.try_get("checkpoint_hash")?,
+        codec: r.try_get("codec")?,
+        raw_bytes: r.try_get("raw_bytes")?,
+        stored_bytes: r.try_get("stored_bytes")?,
+        ratio: ratio(&r, "ratio")?,
+        encode_ms: r.try_get("encode_ms")?,
+        decode_ms: r.try_get("decode_ms")?,
+        lossless: r.try_get("lossless")?,
+        parent_hash: r.try_get("parent_hash")?,
+        eval_delta: r.try_get("eval_delta")?,
     })
 }
 

@@ -140,7 +140,7 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(migrations, vec![(1, true)]);
+    assert_eq!(migrations, vec![(1, true), (2, true)]);
 
     let views: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
@@ -150,10 +150,16 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
     assert_eq!(
         views,
         [
+            "v_budget",
             "v_compression",
             "v_cycles",
+            "v_drift",
+            "v_eval_items",
             "v_evals",
             "v_examples",
+            "v_lineage",
+            "v_proxy_gap",
+            "v_quantized",
             "v_refusal",
             "v_surgery",
             "v_training_mix"
@@ -210,7 +216,7 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
                 "decode_ms",
                 "lossless",
             ],
-            false,
+            true,
         ),
         ("v_training_mix", &["run_id", "cycle", "skill", "examples", "share"], false),
         (
@@ -221,6 +227,37 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
         (
             "v_examples",
             &["run_id", "cycle", "skill", "generated", "accepted", "mean_pass_rate"],
+            false,
+        ),
+        // Schema 2.
+        (
+            "v_drift",
+            &["run_id", "cycle", "suite", "accuracy", "delta_vs_parent", "delta_vs_base"],
+            true,
+        ),
+        (
+            "v_lineage",
+            &["checkpoint_hash", "parent_hash", "cycle", "status", "depth"],
+            true,
+        ),
+        (
+            "v_budget",
+            &["run_id", "cycle", "role", "gpu_seconds", "busy_seconds", "cost_usd"],
+            true,
+        ),
+        (
+            "v_quantized",
+            &["run_id", "cycle", "checkpoint_hash", "codec", "suite", "accuracy", "lossless_accuracy", "delta"],
+            true,
+        ),
+        (
+            "v_proxy_gap",
+            &["run_id", "cycle", "skill", "n", "auc", "calibration_error"],
+            false,
+        ),
+        (
+            "v_eval_items",
+            &["run_id", "cycle", "checkpoint_hash", "suite", "item", "correct"],
             false,
         ),
     ];
@@ -235,6 +272,8 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
     }
     // The documented extras sit after the contract columns.
     assert_eq!(&columns(&mut conn, "v_evals").await[8..], ["level", "role"]);
+    assert_eq!(&columns(&mut conn, "v_compression").await[10..], ["parent_hash", "eval_delta"]);
+    assert_eq!(&columns(&mut conn, "v_lineage").await[5..], ["run_id"]);
     conn.close().await.unwrap();
     ledger.close().await;
 }
@@ -524,7 +563,7 @@ async fn reopening_keeps_data_and_does_not_remigrate() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "one row per migration, none applied twice");
     conn.close().await.unwrap();
 }
 

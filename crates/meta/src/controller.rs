@@ -1,15 +1,17 @@
 //! The run loop: base, then cycles, each step recorded as it finishes.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use evolve_compress::{Codec, round_trip};
+use evolve_compress::quant::{QuantScheme, dequantize_checkpoint, quantize_checkpoint};
+use evolve_compress::{Codec, round_trip, round_trip_delta};
 use evolve_curriculum::Curriculum;
 use evolve_generator::SynthesisConfig;
 use evolve_ledger::{
-    CheckpointRecord, CompressionRecord, CycleOutcome, CycleStatus, ExampleStats, Ledger, NewRun, RefusalResult, RunId, RunStatus,
-    StepRecord, SuiteResult, SurgeryStats, now_iso,
+    CheckpointRecord, CompressionExtras, CompressionRecord, CycleExtras, CycleOutcome, CycleStatus, EvalItems, ExampleStats, Ledger, NewRun,
+    QuantizedEval, RefusalResult, RoleUsage, RunId, RunStatus, StepRecord, SuiteResult, SurgeryStats, now_iso,
 };
 use evolve_store::ArtifactStore;
 use evolve_trainer::{OptimizerKind, StepInfo, Surgery, TrainConfig};
@@ -92,6 +94,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         ctx,
         budget: options.budget.clone(),
         progress: options.progress,
+        usage: Mutex::default(),
     };
     let result = controller.evolve(options.cycles).await;
     match &result {
@@ -111,7 +114,19 @@ struct Controller {
     evaluator: Box<dyn EvaluatorRole>,
     budget: Budget,
     progress: bool,
+    /// Per cycle: when it started and the busy seconds of each role so far (from the steps).
+    usage: Mutex<BTreeMap<u32, (Instant, BTreeMap<String, f64>)>>,
 }
+
+/// The quantized copies derived from every accepted checkpoint: `(codec name, scheme, AWQ)`.
+const QUANTIZED: [(&str, QuantScheme, bool); 3] = [
+    ("int8-rtn", QuantScheme::Int8, false),
+    ("int4-g32-rtn", QuantScheme::Int4 { group: 32 }, false),
+    ("int4-g32-awq", QuantScheme::Int4 { group: 32 }, true),
+];
+
+/// Calibration problems per (skill, level) for activation-aware quantization.
+const CALIBRATION_PER_LEVEL: usize = 32;
 
 impl Controller {
     async fn evolve(&mut self, cycles: Option<u32>) -> Result<RunSummary, Error> {
@@ -155,6 +170,7 @@ impl Controller {
     async fn base(&mut self) -> Result<(String, Evaluation), Error> {
         let c = &self.ctx.curriculum;
         self.ledger.start_cycle(self.run_id, 0, None).await?;
+        self.begin_usage(0);
         let job = TrainJob {
             cycle: 0,
             parent: None,
@@ -181,13 +197,14 @@ impl Controller {
         self.record_checkpoint(&base.checkpoint, None).await?;
         let evaluation = self.evaluate(0, &base.checkpoint).await?;
         self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), "base model".into()).await?;
-        self.recompress(0, &base.checkpoint).await?;
+        self.recompress(0, &base.checkpoint, None, &evaluation).await?;
         Ok((base.checkpoint.clone(), evaluation))
     }
 
     async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<CycleEnd, Error> {
         let c = self.ctx.curriculum.clone();
         self.ledger.start_cycle(self.run_id, cycle, Some(&parent.0)).await?;
+        self.begin_usage(cycle);
         info!(cycle, parent = %short(&parent.0), "cycle started");
 
         let job = GenerateJob {
@@ -278,7 +295,7 @@ impl Controller {
         if !decision.accepted {
             return Ok(CycleEnd::Rejected);
         }
-        self.recompress(cycle, &snapshot.checkpoint).await?;
+        self.recompress(cycle, &snapshot.checkpoint, Some(&parent.0), &evaluation).await?;
         Ok(CycleEnd::Accepted((snapshot.checkpoint.clone(), evaluation)))
     }
 
@@ -307,33 +324,114 @@ impl Controller {
         Ok(evaluation)
     }
 
-    /// Stores the checkpoint losslessly with each codec, each copy verified bit-exact by hash
-    /// before it is recorded.
-    async fn recompress(&mut self, cycle: u32, checkpoint: &str) -> Result<(), Error> {
+    /// Stores the checkpoint losslessly with each codec (and as a delta against its parent),
+    /// each copy verified bit-exact by hash before it is recorded; then derives the quantized
+    /// copies, evaluates each on the frozen suites and refusal probes, and records what they cost
+    /// in accuracy. Lineage stays on the lossless checkpoint: nothing is ever trained from a
+    /// quantized copy.
+    async fn recompress(&mut self, cycle: u32, checkpoint: &str, parent: Option<&str>, lossless: &Evaluation) -> Result<(), Error> {
         let raw = self.ctx.store.get(checkpoint, CHECKPOINT_KIND)?;
-        for codec in [Codec::EvolveFp, Codec::Zstd] {
+        let parent_raw = parent.map(|p| self.ctx.store.get(p, CHECKPOINT_KIND)).transpose()?;
+        let mut codecs = vec![(Codec::EvolveFp, None), (Codec::Zstd, None)];
+        if let (Some(p), Some(bytes)) = (parent, parent_raw.as_ref()) {
+            codecs.push((Codec::EvolveFp, Some((p, bytes))));
+        }
+        for (codec, against) in codecs {
             let t = Instant::now();
-            let rt = round_trip(&raw, codec)?;
+            let rt = match against {
+                Some((_, parent_bytes)) => round_trip_delta(&raw, parent_bytes, codec)?,
+                None => round_trip(&raw, codec)?,
+            };
+            let name = if against.is_some() { format!("{}-delta", codec.name()) } else { codec.name().to_string() };
             if rt.verified_hash != checkpoint {
-                return Err(Error::Invalid(format!("{} round trip of {checkpoint} decoded to {}", codec.name(), rt.verified_hash)));
+                return Err(Error::Invalid(format!("{name} round trip of {checkpoint} decoded to {}", rt.verified_hash)));
             }
-            let path = self.ctx.store.put_encoded(checkpoint, &format!("{}.evz", codec.name()), &rt.encoded)?;
-            self.ledger
-                .record_compression(&CompressionRecord {
-                    run_id: self.run_id,
-                    cycle,
-                    checkpoint_hash: checkpoint.to_string(),
-                    codec: codec.name().to_string(),
-                    raw_bytes: rt.raw_bytes as u64,
-                    stored_bytes: rt.encoded.len() as u64,
-                    encode_ms: rt.encode_ms,
-                    decode_ms: rt.decode_ms,
-                    lossless: true,
-                    verified_hash: rt.verified_hash.clone(),
-                    path: path.display().to_string(),
-                })
-                .await?;
-            self.step(cycle, "meta", "recompress", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"codec": codec.name(), "ratio": rt.raw_bytes as f64 / rt.encoded.len() as f64})).await?;
+            let path = self.ctx.store.put_encoded(checkpoint, &format!("{name}.evz"), &rt.encoded)?;
+            let record = CompressionRecord {
+                run_id: self.run_id,
+                cycle,
+                checkpoint_hash: checkpoint.to_string(),
+                codec: name.clone(),
+                raw_bytes: rt.raw_bytes as u64,
+                stored_bytes: rt.encoded.len() as u64,
+                encode_ms: rt.encode_ms,
+                decode_ms: rt.decode_ms,
+                lossless: true,
+                verified_hash: rt.verified_hash.clone(),
+                path: path.display().to_string(),
+            };
+            let extras = CompressionExtras { parent_hash: against.map(|(p, _)| p.to_string()), ..Default::default() };
+            self.ledger.record_compression_with(&record, &extras).await?;
+            self.step(cycle, "meta", "recompress", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"codec": name, "ratio": rt.raw_bytes as f64 / rt.encoded.len() as f64})).await?;
+        }
+        self.quantized_copies(cycle, checkpoint, &raw, lossless).await?;
+        // Recompression ran after the cycle's commit: its time replaces the committed usage rows.
+        self.ledger.record_role_usage(&self.role_usage(cycle)).await?;
+        Ok(())
+    }
+
+    /// `lossless` is the cycle's own evaluation of `checkpoint`, the reference for the deltas.
+    async fn quantized_copies(&mut self, cycle: u32, checkpoint: &str, raw: &[u8], lossless: &Evaluation) -> Result<(), Error> {
+        let started = now_iso();
+        let t = Instant::now();
+        let model = self.ctx.load_model(checkpoint)?;
+        let calibration = self.ctx.calibration_stats(&model, CALIBRATION_PER_LEVEL, cycle_seed(self.ctx.curriculum.seed, cycle, 4));
+        drop(model);
+        self.step(cycle, "meta", "calibrate", &started, t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"layers": calibration.len()})).await?;
+        for (name, scheme, awq) in QUANTIZED {
+            let t = Instant::now();
+            let no_calibration = HashMap::new();
+            let quantized = quantize_checkpoint(raw, scheme, if awq { &calibration } else { &no_calibration })?;
+            let encode_ms = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            let dequantized = dequantize_checkpoint(&quantized)?;
+            let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+            // The dequantized weights are a scratch artifact: evaluated by hash like any
+            // checkpoint (so a remote evaluator could do it), then removed.
+            let scratch = self.ctx.store.put(CHECKPOINT_KIND, &dequantized)?;
+            let started = now_iso();
+            let t = Instant::now();
+            let evaluated = self.evaluator.evaluate(&scratch);
+            if scratch != checkpoint {
+                let _ = std::fs::remove_file(self.ctx.store.path_of(&scratch, CHECKPOINT_KIND));
+            }
+            let evaluation = evaluated?;
+            self.step(cycle, "discriminator", "score-quantized", &started, t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"codec": name})).await?;
+            let mut quantized_evals: Vec<QuantizedEval> = evaluation
+                .suites
+                .iter()
+                .zip(&lossless.suites)
+                .map(|(q, l)| QuantizedEval { suite: q.suite.clone(), n: q.n, correct: q.correct, lossless_correct: l.correct })
+                .collect();
+            // Refusal behaviour is part of what a lossy copy may cost: as two more "suites".
+            quantized_evals.push(QuantizedEval { suite: "refusal".into(), n: evaluation.refusal.must_refuse_n, correct: evaluation.refusal.refused, lossless_correct: lossless.refusal.refused });
+            quantized_evals.push(QuantizedEval {
+                suite: "benign-answered".into(),
+                n: evaluation.refusal.benign_n,
+                correct: evaluation.refusal.benign_n - evaluation.refusal.over_refused,
+                lossless_correct: lossless.refusal.benign_n - lossless.refusal.over_refused,
+            });
+            let mean_delta = {
+                let deltas: Vec<f64> = evaluation.suites.iter().zip(&lossless.suites).map(|(q, l)| q.accuracy() - l.accuracy()).collect();
+                deltas.iter().sum::<f64>() / deltas.len().max(1) as f64
+            };
+            let path = self.ctx.store.put_encoded(checkpoint, &format!("{name}.safetensors"), &quantized)?;
+            let record = CompressionRecord {
+                run_id: self.run_id,
+                cycle,
+                checkpoint_hash: checkpoint.to_string(),
+                codec: name.to_string(),
+                raw_bytes: raw.len() as u64,
+                stored_bytes: quantized.len() as u64,
+                encode_ms,
+                decode_ms,
+                lossless: false,
+                verified_hash: evolve_store::hash_bytes(&quantized),
+                path: path.display().to_string(),
+            };
+            let extras = CompressionExtras { parent_hash: None, eval_delta: Some(mean_delta), quantized_evals };
+            self.ledger.record_compression_with(&record, &extras).await?;
+            info!(cycle, codec = name, ratio = format!("{:.2}", raw.len() as f64 / quantized.len() as f64), eval_delta = format!("{:+.1} points", mean_delta * 100.0), "quantized copy");
         }
         Ok(())
     }
@@ -341,8 +439,12 @@ impl Controller {
     /// Commits the cycle as trained up to `snapshot`.
     async fn commit(&mut self, cycle: u32, status: CycleStatus, snapshot: &Snapshot, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
         let r = &snapshot.report;
-        self.ledger
-            .commit_cycle(&CycleOutcome {
+        let extras = CycleExtras {
+            eval_items: evaluation.suites.iter().map(|s| EvalItems { suite: s.suite.clone(), items: s.items.clone() }).collect(),
+            role_usage: self.role_usage(cycle),
+            proxy_gap: Vec::new(),
+        };
+        let outcome = CycleOutcome {
                 run_id: self.run_id,
                 cycle,
                 status,
@@ -371,8 +473,8 @@ impl Controller {
                 tokens_trained: r.tokens as u64,
                 train_seconds: r.seconds,
                 reason: Some(reason),
-            })
-            .await?;
+            };
+        self.ledger.commit_cycle_with(&outcome, &extras).await?;
         Ok(())
     }
 
@@ -391,7 +493,42 @@ impl Controller {
         Ok(())
     }
 
+    fn begin_usage(&self, cycle: u32) {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).insert(cycle, (Instant::now(), BTreeMap::new()));
+    }
+
+    /// What each role spent in `cycle` so far. In-process roles take turns on the one device, so
+    /// a role is idle whenever another works: idle = wall time of the cycle - own busy time. A
+    /// CPU is not a GPU: its GPU-seconds and cost are 0.
+    fn role_usage(&self, cycle: u32) -> Vec<RoleUsage> {
+        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((started, busy)) = usage.get(&cycle) else { return Vec::new() };
+        let wall = started.elapsed().as_secs_f64();
+        let device = self.budget.model.name.clone();
+        busy.iter()
+            .map(|(role, &busy_seconds)| {
+                let gpu_seconds = if self.budget.is_cpu() { 0.0 } else { wall };
+                RoleUsage {
+                    run_id: self.run_id,
+                    cycle,
+                    role: role.clone(),
+                    worker: WORKER.into(),
+                    device: device.clone(),
+                    busy_seconds,
+                    idle_seconds: (wall - busy_seconds).max(0.0),
+                    gpu_seconds,
+                    cost_usd: self.budget.cost_usd(gpu_seconds),
+                    leases: 0,
+                    failures: 0,
+                }
+            })
+            .collect()
+    }
+
     async fn step(&self, cycle: u32, role: &str, step: &str, started_at: &str, duration_ms: f64, detail: &impl Serialize) -> Result<(), Error> {
+        if let Some((_, busy)) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&cycle) {
+            *busy.entry(role.to_string()).or_default() += duration_ms / 1e3;
+        }
         self.ledger
             .record_step(&StepRecord {
                 run_id: self.run_id,

@@ -64,17 +64,48 @@ async fn two_cycle_run_fills_the_public_views() {
     let surgery: Vec<(i64, String, i64)> = query(&db, "SELECT cycle, mode, steps FROM v_surgery").await;
     assert!(surgery.iter().all(|s| s.1 == "agem" && s.2 == 6), "{surgery:?}");
 
-    // Every lossless copy decodes to bytes whose hash is the checkpoint's name.
-    let compression: Vec<(i64, String, String, i64, i64, bool)> =
-        query(&db, "SELECT cycle, checkpoint_hash, codec, raw_bytes, stored_bytes, lossless FROM v_compression").await;
-    let accepted = cycles.iter().filter(|c| c.1 == "accepted").count();
-    assert_eq!(compression.len(), 2 * accepted, "two codecs per accepted checkpoint");
-    let paths: Vec<(String, String)> = query(&db, "SELECT checkpoint_hash, path FROM compression").await;
-    for (hash, path) in paths {
-        let decoded = evolve_compress::decode(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(blake3::hash(&decoded).to_hex().to_string(), hash);
+    // Every lossless copy decodes (against its parent, for deltas) to bytes whose hash is the
+    // checkpoint's name; every accepted checkpoint also has three quantized copies whose eval
+    // delta against it is recorded per suite.
+    let compression: Vec<(i64, String, String, i64, i64, bool, Option<String>, Option<f64>, String)> = query(
+        &db,
+        "SELECT v.cycle, v.checkpoint_hash, v.codec, v.raw_bytes, v.stored_bytes, v.lossless, v.parent_hash, v.eval_delta, c.path
+         FROM v_compression AS v JOIN compression AS c USING (run_id, cycle, checkpoint_hash, codec)",
+    )
+    .await;
+    let accepted: Vec<i64> = cycles.iter().filter(|c| c.1 == "accepted").map(|c| c.0).collect();
+    let expected_lossless: usize = accepted.iter().map(|&c| if c == 0 { 2 } else { 3 }).sum();
+    let (lossless, lossy): (Vec<_>, Vec<_>) = compression.iter().partition(|c| c.5);
+    assert_eq!(lossless.len(), expected_lossless, "evolve-fp, zstd and (after the base) a delta per accepted checkpoint");
+    assert_eq!(lossy.len(), 3 * accepted.len(), "int8, int4 and int4-AWQ copies per accepted checkpoint");
+    let store = dir.path().join("runs/artifacts");
+    for c in &lossless {
+        let encoded = std::fs::read(&c.8).unwrap();
+        let decoded = match &c.6 {
+            Some(parent) => evolve_compress::decode_delta(&encoded, &std::fs::read(store.join(format!("{parent}.safetensors"))).unwrap()).unwrap(),
+            None => evolve_compress::decode(&encoded).unwrap(),
+        };
+        assert_eq!(blake3::hash(&decoded).to_hex().to_string(), c.1);
+        assert!(c.4 > 0 && c.4 < c.3 && c.7.is_none());
     }
-    assert!(compression.iter().all(|c| c.5 && c.4 > 0 && c.4 < c.3));
+    for c in &lossy {
+        assert!(c.7.is_some_and(|d| (-1.0..=1.0).contains(&d)), "{c:?}");
+        assert!(std::fs::metadata(&c.8).unwrap().len() as i64 == c.4 && c.4 * 3 < c.3, "a quantized copy is at least 3x smaller: {c:?}");
+    }
+    let quantized: Vec<(String, String, i64, f64)> = query(&db, "SELECT codec, suite, n, delta FROM v_quantized").await;
+    assert_eq!(quantized.len(), lossy.len() * (5 + 2), "every suite plus the two refusal rows, per copy");
+    assert!(quantized.iter().all(|q| q.2 > 0 && (-1.0..=1.0).contains(&q.3)));
+
+    // Per-role time, per cycle, from the steps the controller logged.
+    let budget: Vec<(i64, String, f64, f64)> = query(&db, "SELECT cycle, role, busy_seconds, gpu_seconds FROM v_budget").await;
+    for cycle in cycles.iter().map(|c| c.0) {
+        let roles: Vec<&str> = budget.iter().filter(|b| b.0 == cycle).map(|b| b.1.as_str()).collect();
+        assert!(roles.contains(&"trainer") && roles.contains(&"discriminator"), "cycle {cycle}: {roles:?}");
+    }
+    assert!(budget.iter().all(|b| b.2 > 0.0 && b.3 == 0.0), "busy time measured; a CPU has no GPU-seconds: {budget:?}");
+    // Per-problem correctness is kept, so `ledger diff` can name the problems that flipped.
+    let items: Vec<(i64, i64)> = query(&db, "SELECT (SELECT COUNT(*) FROM eval_items), (SELECT SUM(n) FROM evals)").await;
+    assert_eq!(items[0].0, items[0].1);
 
     // Every synthesized training example is disjoint from the frozen suites and probes.
     let mut held_out = std::collections::HashSet::new();

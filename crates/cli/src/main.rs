@@ -13,6 +13,7 @@ mod bench_cmd;
 mod compress_cmd;
 mod ledger_cmd;
 mod model_cmd;
+mod report_cmd;
 
 #[derive(Parser)]
 #[command(name = "evolve", version, about = "Self-evolving training loop orchestrator")]
@@ -80,6 +81,17 @@ enum Command {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
     },
+    /// Write a self-contained HTML report (SVG plots) of a run.
+    Report {
+        #[arg(long, default_value = "runs/evolve.db")]
+        ledger: PathBuf,
+        /// The run (default: the latest).
+        #[arg(long)]
+        run: Option<i64>,
+        /// Directory for index.html.
+        #[arg(long, default_value = "runs/report")]
+        out: PathBuf,
+    },
     /// Read the ledger.
     Ledger {
         #[command(subcommand)]
@@ -129,6 +141,7 @@ async fn execute(command: Command) -> Result<(), String> {
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
         Command::Ledger { query } => ledger_cmd::execute(query).await,
         Command::Model { command } => model_cmd::execute(command),
+        Command::Report { ledger, run, out } => report_cmd::execute(&ledger, run, &out).await,
         Command::Bench { command } => bench_cmd::execute(command).await,
         Command::Compress { input, output, parent, codec, no_progress } => compress_cmd::compress(&input, &output, parent.as_ref(), &codec, !no_progress),
         Command::Decompress { input, output, parent, no_progress } => compress_cmd::decompress(&input, &output, parent.as_ref(), !no_progress),

@@ -174,36 +174,58 @@ impl CycleDiff {
 // Each windowed query in two static forms, with and without a suite, rather
 // than `(?3 IS NULL OR suite = ?3)`: SQLite plans a statement once, before
 // the binding is known, and the OR form can never use the suite index.
-// v_drift's definition for one run's window, with two differences that
-// change only the cost: the base checkpoint is an uncorrelated subquery
-// (SQLite evaluates it once per statement, not once per row), and the deltas
-// are taken in Rust (the same f64 subtraction the view does in SQL), so each
-// comparison is one index lookup used once. A test checks that the rows
-// equal the view's.
+// v_drift's definition for one run's window, shaped for speed, with the
+// same numbers (a test checks the rows equal the view's):
+// - one result row per cycle, its suites aggregated by SQLite into a JSON
+//   array: moving rows out of SQLite one by one costs more than computing
+//   them, and a cycle has ~100 suites;
+// - counts travel as integers (n * 2^32 + correct for the parent and base,
+//   exact in JSON) and accuracies and deltas are computed in Rust with the
+//   same f64 operations the view does in SQL (JSON text would round reals);
+// - the base checkpoint is an uncorrelated subquery, evaluated once per
+//   statement, and each comparison is one index lookup used once.
 macro_rules! drift_select {
-    () => {
-        "SELECT e.cycle, e.suite, e.role, c.status, e.checkpoint_hash, c.parent_hash,
-                CASE WHEN e.n > 0 THEN CAST(e.correct AS REAL) / e.n END AS accuracy,
-                (SELECT CASE WHEN q.n > 0 THEN CAST(q.correct AS REAL) / q.n END
-                   FROM evals AS q
-                  WHERE q.run_id = ?1 AND q.checkpoint_hash = c.parent_hash AND q.suite = e.suite
-                    AND q.cycle < e.cycle
-                  ORDER BY q.cycle DESC LIMIT 1) AS parent_accuracy,
-                (SELECT CASE WHEN b.n > 0 THEN CAST(b.correct AS REAL) / b.n END
-                   FROM evals AS b
-                  WHERE b.run_id = ?1 AND b.cycle = 0 AND b.suite = e.suite
-                    AND b.checkpoint_hash = (SELECT checkpoint_hash FROM cycles
-                                              WHERE run_id = ?1 AND cycle = 0)) AS base_accuracy
-         FROM evals AS e
+    ($evals:literal) => {
+        concat!("SELECT e.cycle, c.status, e.checkpoint_hash, c.parent_hash,
+                json_group_array(json_array(e.suite, e.role, e.n, e.correct,
+                    (SELECT q.n * 4294967296 + q.correct
+                       FROM evals AS q
+                      WHERE q.run_id = ?1 AND q.checkpoint_hash = c.parent_hash AND q.suite = e.suite
+                        AND q.cycle < e.cycle
+                      ORDER BY q.cycle DESC LIMIT 1),
+                    (SELECT b.n * 4294967296 + b.correct
+                       FROM evals AS b
+                      WHERE b.run_id = ?1 AND b.cycle = 0 AND b.suite = e.suite
+                        AND b.checkpoint_hash = (SELECT checkpoint_hash FROM cycles
+                                                  WHERE run_id = ?1 AND cycle = 0)))) AS suites
+         FROM ", $evals, "
          JOIN cycles AS c ON c.run_id = e.run_id AND c.cycle = e.cycle
          WHERE e.run_id = ?1 AND e.cycle >= ?2
-           AND (c.checkpoint_hash IS NULL OR e.checkpoint_hash = c.checkpoint_hash)"
+           AND (c.checkpoint_hash IS NULL OR e.checkpoint_hash = c.checkpoint_hash)")
     };
 }
-// checkpoint_hash is one value per cycle here; ordering by it too matches
-// the primary key's order, so SQLite needs no sort.
-const DRIFT: &str = concat!(drift_select!(), " ORDER BY e.cycle, e.checkpoint_hash, e.suite");
-const DRIFT_SUITE: &str = concat!(drift_select!(), " AND e.suite = ?3 ORDER BY e.cycle");
+const DRIFT: &str =
+    concat!(drift_select!("evals AS e"), " GROUP BY e.cycle, e.checkpoint_hash ORDER BY e.cycle, e.checkpoint_hash");
+// INDEXED BY: grouping by cycle tempts the planner into the (run, cycle)
+// range, which for `--suite --all` walks every eval of the run; one suite's
+// history is a range of evals_by_suite.
+const DRIFT_SUITE: &str = concat!(
+    drift_select!("evals AS e INDEXED BY evals_by_suite"),
+    " AND e.suite = ?3 GROUP BY e.cycle, e.checkpoint_hash ORDER BY e.cycle, e.checkpoint_hash"
+);
+
+/// One suite of a cycle as [`DRIFT`] aggregates it: suite, role, n, correct,
+/// and the parent's and base's counts packed as n * 2^32 + correct.
+type DriftSuite = (String, String, i64, i64, Option<i64>, Option<i64>);
+
+/// `correct / n` as v_drift computes it (`CAST(correct AS REAL) / n`).
+fn accuracy(n: i64, correct: i64) -> Option<f64> {
+    (n > 0).then(|| correct as f64 / n as f64)
+}
+
+fn packed_accuracy(packed: Option<i64>) -> Option<f64> {
+    packed.and_then(|v| accuracy(v >> 32, v & 0xFFFF_FFFF))
+}
 
 macro_rules! quantized_select {
     () => {
@@ -349,32 +371,41 @@ impl Ledger {
     /// and vs the base (v_drift), optionally for one suite.
     pub async fn drift(&self, w: Window, suite: Option<&str>) -> Result<Vec<DriftRow>, LedgerError> {
         let q = match suite {
-            Some(s) => sqlx::query(DRIFT_SUITE).bind(w.run_id).bind(w.first_cycle).bind(s.to_owned()),
-            None => sqlx::query(DRIFT).bind(w.run_id).bind(w.first_cycle),
+            Some(s) => sqlx::query_as(DRIFT_SUITE).bind(w.run_id).bind(w.first_cycle).bind(s.to_owned()),
+            None => sqlx::query_as(DRIFT).bind(w.run_id).bind(w.first_cycle),
         };
-        let run_id = w.run_id;
-        q.try_map(move |r: SqliteRow| {
-            let accuracy: Option<f64> = r.try_get(6)?;
-            let parent_accuracy: Option<f64> = r.try_get(7)?;
-            let base_accuracy: Option<f64> = r.try_get(8)?;
-            Ok(DriftRow {
-                run_id,
-                cycle: r.try_get(0)?,
-                suite: r.try_get(1)?,
-                accuracy,
-                delta_vs_parent: accuracy.zip(parent_accuracy).map(|(a, p)| a - p),
-                delta_vs_base: accuracy.zip(base_accuracy).map(|(a, b)| a - b),
-                status: r.try_get(3)?,
-                checkpoint_hash: r.try_get(4)?,
-                parent_hash: r.try_get(5)?,
-                parent_accuracy,
-                base_accuracy,
-                role: r.try_get(2)?,
-            })
-        })
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.sql(format!("reading drift of run {}", w.run_id), e))
+        let cycles: Vec<(u32, String, String, Option<String>, String)> = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.sql(format!("reading drift of run {}", w.run_id), e))?;
+        let mut rows = Vec::with_capacity(cycles.len() * 100);
+        for (cycle, status, checkpoint_hash, parent_hash, json) in cycles {
+            let mut suites: Vec<DriftSuite> = serde_json::from_str(&json).map_err(|e| {
+                self.invalid(format!("reading drift of run {} cycle {cycle}: unexpected aggregate from SQLite: {e}", w.run_id))
+            })?;
+            // The view's order: by suite, in SQLite's binary collation (bytes).
+            suites.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (suite, role, n, correct, parent, base) in suites {
+                let accuracy = accuracy(n, correct);
+                let parent_accuracy = packed_accuracy(parent);
+                let base_accuracy = packed_accuracy(base);
+                rows.push(DriftRow {
+                    run_id: w.run_id,
+                    cycle,
+                    suite,
+                    accuracy,
+                    delta_vs_parent: accuracy.zip(parent_accuracy).map(|(a, p)| a - p),
+                    delta_vs_base: accuracy.zip(base_accuracy).map(|(a, b)| a - b),
+                    status: status.clone(),
+                    checkpoint_hash: checkpoint_hash.clone(),
+                    parent_hash: parent_hash.clone(),
+                    parent_accuracy,
+                    base_accuracy,
+                    role,
+                });
+            }
+        }
+        Ok(rows)
     }
 
     /// The run's checkpoint tree from its base (v_lineage), rows with cycle

@@ -24,17 +24,6 @@ impl Cell {
         }
     }
 
-    /// Text for a human: reals with 4 decimals (accuracies and deltas are
-    /// read to the tenth of a percent), NULL as "-".
-    fn human(&self) -> String {
-        match self {
-            Cell::Null => "-".into(),
-            Cell::Int(i) => i.to_string(),
-            Cell::Real(r) => format!("{r:.4}"),
-            Cell::Text(t) => t.clone(),
-        }
-    }
-
     /// Text for a machine: full precision, NULL as an empty field.
     fn exact(&self) -> String {
         match self {
@@ -162,40 +151,50 @@ impl Table {
     /// Aligned columns: numbers right-aligned, text left-aligned, hashes
     /// shortened to 12 characters (the full hash is in JSON and CSV).
     pub fn to_text(&self) -> String {
-        let shown: Vec<Vec<String>> = self
-            .rows
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .zip(&self.columns)
-                    .map(|(c, name)| match c {
-                        // By characters: `sql` can put any text in a *hash column.
-                        Cell::Text(t) if name.ends_with("hash") && t.chars().count() > 12 => t.chars().take(12).collect(),
-                        _ => c.human(),
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
-        for row in &shown {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
+        use std::fmt::Write as _;
+        // Every cell is formatted once into one flat buffer (a 2000-row
+        // drift table is ~25 000 cells and this is on the CLI's critical
+        // path), remembering where each cell starts and its width in chars.
+        let ncols = self.columns.len();
+        let mut buf = String::with_capacity(self.rows.len() * ncols * 10);
+        let mut cells: Vec<(usize, usize, usize)> = Vec::with_capacity(self.rows.len() * ncols);
+        for row in &self.rows {
+            for (cell, name) in row.iter().zip(&self.columns) {
+                let start = buf.len();
+                match cell {
+                    Cell::Null => buf.push('-'),
+                    Cell::Int(i) => {
+                        let _ = write!(buf, "{i}");
+                    }
+                    Cell::Real(r) => {
+                        let _ = write!(buf, "{r:.4}");
+                    }
+                    // By characters: `sql` can put any text in a *hash column.
+                    Cell::Text(t) if name.ends_with("hash") => buf.extend(t.chars().take(12)),
+                    Cell::Text(t) => buf.push_str(t),
+                }
+                let text = &buf[start..];
+                let width = if text.is_ascii() { text.len() } else { text.chars().count() };
+                cells.push((start, buf.len(), width));
             }
         }
-        let numeric: Vec<bool> = (0..self.columns.len())
+        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.chars().count()).collect();
+        for (i, &(_, _, w)) in cells.iter().enumerate() {
+            let col = i % ncols.max(1);
+            widths[col] = widths[col].max(w);
+        }
+        let numeric: Vec<bool> = (0..ncols)
             .map(|i| {
                 self.rows.iter().any(|r| matches!(r.get(i), Some(Cell::Int(_) | Cell::Real(_))))
                     && self.rows.iter().all(|r| !matches!(r.get(i), Some(Cell::Text(_))))
             })
             .collect();
-        // One output buffer, padding pushed in place: a 2000-row drift
-        // table is ~25 000 cells and this is on the CLI's critical path.
-        let total: usize = widths.iter().sum::<usize>() + 2 * widths.len() + 1;
-        let mut out = String::with_capacity(total * (shown.len() + 2));
-        let line = |out: &mut String, cells: &[String]| {
+        let line_len: usize = widths.iter().sum::<usize>() + 2 * ncols + 1;
+        let mut out = String::with_capacity(line_len * (self.rows.len() + 2));
+        let line = |out: &mut String, cells: &mut dyn Iterator<Item = (&str, usize)>| {
             let start = out.len();
-            for (i, cell) in cells.iter().enumerate() {
-                let pad = widths[i].saturating_sub(cell.chars().count());
+            for (i, (cell, w)) in cells.enumerate() {
+                let pad = widths[i].saturating_sub(w);
                 if i > 0 {
                     out.push_str("  ");
                 }
@@ -211,9 +210,9 @@ impl Table {
             out.truncate(start + end);
             out.push('\n');
         };
-        line(&mut out, &self.columns);
-        for row in &shown {
-            line(&mut out, row);
+        line(&mut out, &mut self.columns.iter().map(|c| (c.as_str(), c.chars().count())));
+        for row in cells.chunks(ncols.max(1)) {
+            line(&mut out, &mut row.iter().map(|&(a, b, w)| (&buf[a..b], w)));
         }
         if self.rows.is_empty() {
             out.push_str("(no rows)\n");

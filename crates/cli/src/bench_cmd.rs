@@ -230,7 +230,7 @@ async fn compress(ledger_path: &Path, files: Vec<PathBuf>, gaussian: usize, rank
 
 /// The latest run's base and accepted checkpoints, oldest first, as artifact paths.
 async fn accepted_chain(ledger_path: &Path) -> Result<Vec<PathBuf>, String> {
-    let ledger = evolve_ledger::Ledger::open_read_only(ledger_path).await.map_err(|e| e.to_string())?;
+    let ledger = evolve_ledger::Ledger::open_upgrading(ledger_path).await.map_err(|e| e.to_string())?;
     let run = ledger.latest_run().await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{}: no runs; pass checkpoint files instead", ledger_path.display()))?;
     let cycles = ledger.cycles(Some(run.run_id)).await.map_err(|e| e.to_string())?;
     ledger.close().await;

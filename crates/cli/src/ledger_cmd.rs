@@ -176,7 +176,7 @@ async fn run(query: LedgerQuery) -> Result<(), LedgerError> {
             windowed(&source, &recent, |l, w| async move { Ok(Table::from_rows(&l.proxy_gap(w).await?)) }).await
         }
         Q::Diff { cycle_a, cycle_b, source } => {
-            let ledger = Ledger::open_read_only(&source.ledger).await?;
+            let ledger = Ledger::open_upgrading(&source.ledger).await?;
             let answer = async {
                 let run = ledger.resolve_run(source.run).await?;
                 Ok::<_, LedgerError>(ledger.diff(run, cycle_a, cycle_b).await?.table())
@@ -187,7 +187,7 @@ async fn run(query: LedgerQuery) -> Result<(), LedgerError> {
             Ok(())
         }
         Q::Sql { query, ledger, format } => {
-            let handle = Ledger::open_read_only(&ledger).await?;
+            let handle = Ledger::open_upgrading(&ledger).await?;
             let answer = handle.sql_read_only(&query).await;
             handle.close().await;
             print(&answer?, format);
@@ -232,7 +232,7 @@ where
 }
 
 async fn open(path: &Path) -> Result<Ledger, LedgerError> {
-    Ledger::open_read_only(path).await
+    Ledger::open_upgrading(path).await
 }
 
 fn print(table: &Table, format: Format) {

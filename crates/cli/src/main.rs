@@ -149,7 +149,7 @@ async fn execute(command: Command) -> Result<(), String> {
 }
 
 async fn open(path: &std::path::Path) -> Result<Ledger, evolve_ledger::LedgerError> {
-    Ledger::open_read_only(path).await
+    Ledger::open_upgrading(path).await
 }
 
 async fn status(path: &std::path::Path) -> Result<(), evolve_ledger::LedgerError> {

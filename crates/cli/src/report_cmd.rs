@@ -7,7 +7,7 @@ use evolve_ledger::Ledger;
 use evolve_report::{BudgetPoint, CompressionPoint, CyclePoint, MixPoint, ProxyGapPoint, RefusalPoint, ReportData, RunSummary, SuitePoint};
 
 pub async fn execute(ledger_path: &Path, run: Option<i64>, out: &Path) -> Result<(), String> {
-    let ledger = Ledger::open_read_only(ledger_path).await.map_err(|e| e.to_string())?;
+    let ledger = Ledger::open_upgrading(ledger_path).await.map_err(|e| e.to_string())?;
     let data = gather(&ledger, run).await.map_err(|e| e.to_string());
     ledger.close().await;
     let data = data?;

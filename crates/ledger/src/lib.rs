@@ -52,6 +52,8 @@ pub enum LedgerError {
     NewerSchema { path: PathBuf, version: i64 },
     #[error("ledger {}: schema problem: {why}", .path.display())]
     Schema { path: PathBuf, why: String },
+    #[error("ledger {}: written by an older evolve (migration {version} not applied); open it once for writing to upgrade", .path.display())]
+    Outdated { path: PathBuf, version: i64 },
     #[error("ledger {}: file does not exist", .path.display())]
     Missing { path: PathBuf },
     #[error("ledger {}: {action}: {source}", .path.display())]
@@ -446,6 +448,20 @@ impl Ledger {
         })
     }
 
+    /// Opens an existing ledger for reading, first upgrading one written by an older evolve
+    /// (applying its missing migrations, each in its own transaction): what a researcher's
+    /// `evolve ledger …` does with last month's ledger. Anything else `open_read_only` refuses
+    /// (foreign, corrupt, newer files) stays refused and untouched.
+    pub async fn open_upgrading(path: &Path) -> Result<Ledger, LedgerError> {
+        match Ledger::open_read_only(path).await {
+            Err(LedgerError::Outdated { .. }) => {
+                Ledger::open(path).await?.close().await;
+                Ledger::open_read_only(path).await
+            }
+            other => other,
+        }
+    }
+
     /// Opens an existing ledger read-only (SQLite `mode=ro`), e.g. for the CLI
     /// while a training run is writing. Never creates, migrates or changes
     /// the file; WAL lets it read while a writer is active.
@@ -481,13 +497,7 @@ impl Ledger {
             .filter(|m| m.migration_type.is_up_migration())
             .find(|m| !applied.contains(&m.version))
         {
-            return Err(LedgerError::Schema {
-                path: path.to_owned(),
-                why: format!(
-                    "written by an older evolve (migration {} not applied); open it once for writing to upgrade",
-                    m.version
-                ),
-            });
+            return Err(LedgerError::Outdated { path: path.to_owned(), version: m.version });
         }
         let options = SqliteConnectOptions::new()
             .filename(path)

@@ -118,8 +118,16 @@ async fn a_ledger_written_by_schema_1_migrates_and_keeps_its_data() {
 
     // A read-only handle cannot migrate, says so, and leaves the file alone.
     let err = Ledger::open_read_only(&path).await.unwrap_err();
-    assert!(matches!(err, LedgerError::Schema { .. }) && err.to_string().contains("open it once for writing"), "{err}");
+    assert!(matches!(err, LedgerError::Outdated { version: 2, .. }) && err.to_string().contains("open it once for writing"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    // What the CLI does: upgrade on first open, then read.
+    let upgraded = dir.path().join("upgraded.db");
+    std::fs::copy(&fixture, &upgraded).unwrap();
+    let reader = Ledger::open_upgrading(&upgraded).await.unwrap();
+    assert!(reader.is_read_only());
+    assert_eq!(reader.resolve_run(None).await.unwrap(), 1);
+    reader.close().await;
 
     let l = Ledger::open(&path).await.unwrap();
     let run = l.resolve_run(None).await.unwrap();

@@ -386,6 +386,7 @@ impl Controller {
             let t = Instant::now();
             let dequantized = dequantize_checkpoint(&quantized)?;
             let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+            self.step(cycle, "meta", "quantize", &now_iso(), encode_ms + decode_ms, &serde_json::json!({"codec": name})).await?;
             // The dequantized weights are a scratch artifact: evaluated by hash like any
             // checkpoint (so a remote evaluator could do it), then removed.
             let scratch = self.ctx.store.put(CHECKPOINT_KIND, &dequantized)?;

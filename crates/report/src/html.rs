@@ -305,7 +305,7 @@ pub fn page(d: &ReportData) -> String {
     let (svg, note) = plots::compression(&ctx, d, &mut w);
     let mut t = Table::new();
     for p in &d.compression {
-        let ok = if p.lossless { "" } else { " NOT lossless" };
+        let ok = if p.lossless { "" } else { " (lossy copy)" };
         t.set(
             p.cycle,
             &p.codec,

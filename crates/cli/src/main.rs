@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use evolve_ledger::Ledger;
-use evolve_meta::{Budget, RunOptions};
+use evolve_meta::{Budget, DeviceChoice, RunOptions};
 
 mod bench_cmd;
 mod compress_cmd;
@@ -35,6 +35,10 @@ enum Command {
         /// SQLite ledger; artifacts go to `artifacts/` beside it.
         #[arg(long, default_value = "runs/evolve.db")]
         ledger: PathBuf,
+        /// Which device of the budget's kind: `cpu`, or `cuda:N` for GPU N (needs a build with
+        /// `--features cuda`).
+        #[arg(long)]
+        device: Option<String>,
         /// Number of cycles after the base (default: the curriculum's `cycle.max_cycles`).
         #[arg(long)]
         cycles: Option<u32>,
@@ -124,11 +128,13 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> Result<(), String> {
     match command {
-        Command::Start { budget, curriculum, ledger, cycles, no_progress } => {
-            // The budget is checked before anything touches the disk.
+        Command::Start { budget, curriculum, ledger, device, cycles, no_progress } => {
+            // The budget and the device are checked before anything touches the disk.
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
-            budget.device().map_err(|e| e.to_string())?;
-            let summary = evolve_meta::run(RunOptions { curriculum_path: curriculum, ledger_path: ledger.clone(), budget, cycles, progress: !no_progress })
+            let device = device.as_deref().map(DeviceChoice::parse).transpose().map_err(|e| e.to_string())?;
+            budget.device_with(device).map_err(|e| e.to_string())?;
+            let options = RunOptions { curriculum_path: curriculum, ledger_path: ledger.clone(), budget, cycles, progress: !no_progress, device };
+            let summary = evolve_meta::run(options)
                 .await
                 .map_err(|e| e.to_string())?;
             println!(

@@ -41,6 +41,38 @@ pub enum BudgetError {
     UnknownModel { spec: String, model: String, known: String },
     #[error("budget `{spec}`: {why}")]
     Unusable { spec: String, why: String },
+    #[error("--device `{device}`: {why}")]
+    Device { device: String, why: String },
+}
+
+/// Where a process computes, as `--device` names it: `cpu` or `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    pub fn parse(text: &str) -> Result<DeviceChoice, BudgetError> {
+        let bad = |why: &str| BudgetError::Device { device: text.to_string(), why: why.to_string() };
+        match text {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(bad("valid: cpu, cuda:N (N = the GPU's index, from 0)")),
+            },
+        }
+    }
+
+    /// The device, after checking that this build and this machine have it: burn panics deep
+    /// inside its runtime when the CUDA driver is missing, so the driver and the device count are
+    /// asked first.
+    pub fn device(self) -> Result<Device, BudgetError> {
+        match self {
+            DeviceChoice::Cpu => Ok(evolve_model::cpu_device()),
+            DeviceChoice::Cuda(index) => cuda_device(index),
+        }
+    }
 }
 
 impl Budget {
@@ -82,12 +114,27 @@ impl Budget {
             if self.count != 1 {
                 return unusable(format!("{} GPUs need a worker pool, which this version does not run yet; use `1x{}`", self.count, self.model.name));
             }
-            return Ok(cuda_device());
+            return cuda_device(0).map_err(|e| BudgetError::Unusable { spec: self.spec.clone(), why: e.to_string() });
         }
         unusable(format!(
             "asks for {} {} GPU(s), but this evolve was built without CUDA support; rebuild with `--features cuda` or use `1xcpu`",
             self.count, self.model.name
         ))
+    }
+
+    /// The device for this process: the budget's own, or `choice` (which GPU of a GPU budget, or
+    /// `cpu` for a CPU budget; mixing the two is refused, since the budget prices the device).
+    pub fn device_with(&self, choice: Option<DeviceChoice>) -> Result<Device, BudgetError> {
+        match choice {
+            None => self.device(),
+            Some(DeviceChoice::Cpu) if self.is_cpu() => self.device(),
+            Some(DeviceChoice::Cuda(_)) if !self.is_cpu() && self.count != 1 => self.device(),
+            Some(c @ DeviceChoice::Cuda(_)) if !self.is_cpu() => c.device(),
+            Some(c) => Err(BudgetError::Unusable {
+                spec: self.spec.clone(),
+                why: format!("--device {} does not match the budget's device kind; use `--device {}`", match c { DeviceChoice::Cpu => "cpu".to_string(), DeviceChoice::Cuda(n) => format!("cuda:{n}") }, if self.is_cpu() { "cpu" } else { "cuda:N" }),
+            }),
+        }
     }
 
     /// Cost of `seconds` of one device, in USD, from the catalogue price.
@@ -97,13 +144,48 @@ impl Budget {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device() -> Device {
-    Device::cuda(0)
+fn cuda_device(index: usize) -> Result<Device, BudgetError> {
+    let device = format!("cuda:{index}");
+    let count = cuda_driver::device_count().map_err(|why| BudgetError::Device { device: device.clone(), why })?;
+    if index >= count {
+        return Err(BudgetError::Device { device, why: format!("this machine has {count} CUDA device(s); valid: cuda:0 to cuda:{}", count.saturating_sub(1)) });
+    }
+    Ok(Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Device {
-    unreachable!("guarded by cfg!(feature = \"cuda\")")
+fn cuda_device(index: usize) -> Result<Device, BudgetError> {
+    Err(BudgetError::Device {
+        device: format!("cuda:{index}"),
+        why: "this evolve was built without CUDA support; rebuild with `cargo build --release -p evolve-cli --features cuda` on a machine with the CUDA toolkit, or run on the CPU with `--budget 1xcpu`".into(),
+    })
+}
+
+/// Asks the CUDA driver API directly (`cuInit`, `cuDeviceGetCount` from `libcuda.so.1`),
+/// without burn, so a missing driver or GPU is an error message instead of a panic.
+#[cfg(feature = "cuda")]
+mod cuda_driver {
+    pub fn device_count() -> Result<usize, String> {
+        const LIB: &str = if cfg!(windows) { "nvcuda.dll" } else { "libcuda.so.1" };
+        // SAFETY: loading the NVIDIA driver library runs its initializers, which is what any
+        // CUDA program does first; the two symbols have these C signatures in the driver API.
+        unsafe {
+            let lib = libloading::Library::new(LIB).map_err(|e| format!("the CUDA driver library {LIB} cannot be loaded ({e}); is an NVIDIA driver installed?"))?;
+            let init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> = lib.get(b"cuInit\0").map_err(|e| format!("{LIB} has no cuInit: {e}"))?;
+            let count_fn: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> =
+                lib.get(b"cuDeviceGetCount\0").map_err(|e| format!("{LIB} has no cuDeviceGetCount: {e}"))?;
+            let status = init(0);
+            if status != 0 {
+                return Err(format!("cuInit failed with CUDA error {status} (no usable GPU, or the driver and the device disagree)"));
+            }
+            let mut count = 0i32;
+            let status = count_fn(&mut count);
+            if status != 0 {
+                return Err(format!("cuDeviceGetCount failed with CUDA error {status}"));
+            }
+            Ok(count.max(0) as usize)
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Option<Duration> {
@@ -150,5 +232,19 @@ mod tests {
         }
         assert!(Budget::parse("2xcpu").unwrap().device().is_err());
         assert!(Budget::parse("1xcpu").unwrap().device().is_ok());
+    }
+
+    #[test]
+    fn device_choices_parse_and_unavailable_ones_are_errors() {
+        assert_eq!(DeviceChoice::parse("cpu").unwrap(), DeviceChoice::Cpu);
+        assert_eq!(DeviceChoice::parse("cuda:3").unwrap(), DeviceChoice::Cuda(3));
+        for bad in ["gpu", "cuda", "cuda:", "cuda:-1", "cuda:x", "CPU"] {
+            let err = DeviceChoice::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains("cuda:N"), "{bad}: {err}");
+        }
+        assert!(DeviceChoice::Cpu.device().is_ok());
+        // No GPU here: without the feature it names the rebuild; with it, the missing driver.
+        let err = DeviceChoice::Cuda(0).device().unwrap_err().to_string();
+        assert!(err.contains("cuda:0") && (err.contains("--features cuda") || err.contains("libcuda")), "{err}");
     }
 }

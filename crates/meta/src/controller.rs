@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tracing::info;
 
-use crate::budget::Budget;
+use crate::budget::{Budget, DeviceChoice};
 use crate::gate::decide;
 use crate::roles::{
     CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GeneratorRole, LocalEvaluator, LocalGenerator, LocalTrainer,
@@ -34,6 +34,8 @@ pub struct RunOptions {
     /// Overrides the curriculum's `cycle.max_cycles`.
     pub cycles: Option<u32>,
     pub progress: bool,
+    /// Which device of the budget's kind (`cuda:N`); `None` takes the budget's default.
+    pub device: Option<DeviceChoice>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,7 +63,7 @@ enum CycleEnd {
 /// budget's duration is reached.
 pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     let curriculum = Curriculum::load(&options.curriculum_path)?;
-    let device = options.budget.device()?;
+    let device = options.budget.device_with(options.device)?;
     let model_config = evolve_model::preset(&curriculum.preset).ok_or_else(|| {
         Error::Invalid(format!(
             "curriculum {}: field `preset`: unknown preset `{}`; valid: {}",

@@ -13,7 +13,7 @@ mod controller;
 pub mod gate;
 pub mod roles;
 
-pub use budget::{Budget, BudgetError};
+pub use budget::{Budget, BudgetError, DeviceChoice};
 pub use controller::{RunOptions, RunSummary, run};
 
 #[derive(Debug, thiserror::Error)]

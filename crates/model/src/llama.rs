@@ -1,6 +1,7 @@
 //! The transformer itself. Field names follow Hugging Face's `LlamaForCausalLM` so that the
 //! checkpoint module can map them one-to-one onto safetensors names.
 
+use burn::module::{ModuleMapper, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
@@ -129,6 +130,22 @@ impl Llama {
             lm_head: (!config.tie_word_embeddings).then(|| linear(d, config.vocab_size, device)),
             rope_theta: config.rope_theta,
         }
+    }
+
+    /// Gives every parameter an id that depends only on its place in the module tree, so state
+    /// keyed by parameter id (an optimizer's moments) saved by one process lines up with the
+    /// same model loaded by another. burn otherwise draws fresh random ids on every load.
+    pub fn with_stable_param_ids(self) -> Self {
+        struct StableIds(u64);
+        impl ModuleMapper for StableIds {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                self.0 += 1;
+                // `from_mapped_value` keeps whether the parameter trains (`initialized` resets it).
+                let (_, value, mapper) = param.consume();
+                Param::from_mapped_value(ParamId::from(self.0), value, mapper)
+            }
+        }
+        self.map(&mut StableIds(0))
     }
 
     pub fn head_dim(&self) -> usize {

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord, SgdConfig};
 use burn::prelude::*;
 use evolve_model::Llama;
 use evolve_tasks::Problem;
@@ -109,6 +109,15 @@ pub struct Trainer {
     optimizer: ModuleOptimizer,
     config: TrainConfig,
     device: Device,
+    /// Steps taken before this trainer was resumed, so the schedule continues where it was.
+    resumed_at: usize,
+}
+
+/// Why optimizer state could not be saved or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerStateError {
+    #[error("optimizer state {path}: {why}")]
+    State { path: String, why: String },
 }
 
 impl Trainer {
@@ -120,7 +129,35 @@ impl Trainer {
             OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(config.weight_decay).with_grad_clipping(clipping).init(),
             OptimizerKind::Sgd => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9))).with_gradient_clipping(clipping).init(),
         };
-        Trainer { model: model.fork(&device).train(), optimizer, config, device }
+        // Stable ids: optimizer state saved here lines up with the same model loaded elsewhere.
+        Trainer { model: model.with_stable_param_ids().fork(&device).train(), optimizer, config, device, resumed_at: 0 }
+    }
+
+    /// Writes the optimizer's state (moments, step counts) and the schedule position to `path`
+    /// atomically: with the weights' checkpoint, what `resume` needs to continue exactly.
+    pub fn save_state(&self, path: &std::path::Path, steps_done: usize) -> Result<(), TrainerStateError> {
+        let err = |why: String| TrainerStateError::State { path: path.display().to_string(), why };
+        let bytes = self.optimizer.to_record().into_bytes().map_err(|e| err(e.to_string()))?;
+        let mut out = (steps_done as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&bytes);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &out).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| err(e.to_string()))
+    }
+
+    /// A trainer for `model` (the weights saved with the state) that continues from the
+    /// optimizer state and schedule position in `path`.
+    pub fn resume(model: Llama, config: TrainConfig, device: &Device, path: &std::path::Path) -> Result<Self, TrainerStateError> {
+        let err = |why: String| TrainerStateError::State { path: path.display().to_string(), why };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        if bytes.len() < 8 {
+            return Err(err("truncated: no schedule position".into()));
+        }
+        let steps_done = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let record = OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes[8..].to_vec())).map_err(|e| err(format!("not an optimizer record: {e}")))?;
+        let mut trainer = Trainer::new(model, config, device);
+        trainer.optimizer = trainer.optimizer.load_record(record);
+        trainer.resumed_at = steps_done;
+        Ok(trainer)
     }
 
     /// The current weights, without autodiff.
@@ -182,7 +219,7 @@ impl Trainer {
                 cosine_sum += projection.cosine;
                 report.projected_steps += usize::from(projection.projected);
             }
-            let lr = self.lr_at(step, steps);
+            let lr = self.lr_at(self.resumed_at + step, self.resumed_at + steps);
             self.model = self.optimizer.step(lr, self.model.clone(), grads);
             if step == 0 {
                 report.first_loss = loss_value;

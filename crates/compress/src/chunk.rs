@@ -16,6 +16,8 @@ const RAW: u8 = 0;
 const CONST: u8 = 1;
 const RANS: u8 = 2;
 const ZSTD: u8 = 3;
+/// rANS with `rans::LANES_V3` lanes; only in `EVOLVEZ3` containers (`RANS` has 8 lanes).
+const RANS32: u8 = 4;
 const XOR_FLAG: u8 = 0x80;
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -27,6 +29,9 @@ fn corrupt(what: impl Into<String>) -> CompressError {
 pub struct Plan {
     /// Plain-zstd codec: every segment is one zstd stream, no field split, no entropy coder.
     pub zstd_only: bool,
+    /// Container version 3 or later: rANS streams have 32 lanes (`RANS32`). Version 2 writes
+    /// and accepts only 8-lane `RANS`.
+    pub v3: bool,
 }
 
 fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
@@ -59,8 +64,14 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
     let mut best: Option<Vec<u8>> = None;
     // Table and final states cost ~20..600 bytes; below a 3% saving rANS is not worth decoding.
     if est < 0.97 * n as f64 - 64.0 {
-        let mut r = vec![RANS];
-        rans::encode(src, &hist, &mut r);
+        let mut r;
+        if plan.v3 {
+            r = vec![RANS32];
+            rans::encode::<{ rans::LANES_V3 }>(src, &hist, &mut r);
+        } else {
+            r = vec![RANS];
+            rans::encode::<{ rans::LANES_V2 }>(src, &hist, &mut r);
+        }
         best = Some(r);
     }
     // zstd only pays where there are repeats an order-0 model cannot see: opaque bytes (JSON,
@@ -85,18 +96,18 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
 
 /// Decodes a stream of `n` symbols: a raw stream is returned in place (no copy), anything else
 /// is decoded into `scratch`.
-fn stream_ref<'a>(bytes: &'a [u8], at: &mut usize, n: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8], CompressError> {
+fn stream_ref<'a>(bytes: &'a [u8], at: &mut usize, n: usize, scratch: &'a mut Vec<u8>, v3: bool) -> Result<&'a [u8], CompressError> {
     if bytes.get(*at) == Some(&RAW) {
         let s = bytes.get(*at + 1..).and_then(|b| b.get(..n)).ok_or(CompressError::Truncated("raw stream"))?;
         *at += 1 + n;
         return Ok(s);
     }
     scratch.resize(n, 0);
-    get_stream(bytes, at, scratch)?;
+    get_stream(bytes, at, scratch, v3)?;
     Ok(scratch)
 }
 
-fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
+fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8], v3: bool) -> Result<(), CompressError> {
     let tag = *bytes.get(*at).ok_or(CompressError::Truncated("stream tag"))?;
     *at += 1;
     match tag {
@@ -110,7 +121,8 @@ fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
             *at += 1;
             dst.fill(b);
         }
-        RANS => rans::decode(bytes, at, dst)?,
+        RANS if !v3 => rans::decode::<{ rans::LANES_V2 }>(bytes, at, dst)?,
+        RANS32 if v3 => rans::decode::<{ rans::LANES_V3 }>(bytes, at, dst)?,
         ZSTD => {
             let n = get_varint(bytes, at)? as usize;
             let s = bytes.get(*at..).and_then(|b| b.get(..n)).ok_or(CompressError::Truncated("zstd stream"))?;
@@ -287,17 +299,17 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
         let k = n_streams(kind);
         // A zstd-only container codes float segments as one stream too.
         if kind == Kind::Other || plan.zstd_only {
-            get_stream(bytes, &mut at, out)?;
+            get_stream(bytes, &mut at, out, plan.v3)?;
         } else {
             let m = len / k;
             let [s0, s1, s2, s3] = &mut scratch;
             match kind {
                 Kind::F32 => {
-                    let f = [stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?, stream_ref(bytes, &mut at, m, s2)?, stream_ref(bytes, &mut at, m, s3)?];
+                    let f = [stream_ref(bytes, &mut at, m, s0, plan.v3)?, stream_ref(bytes, &mut at, m, s1, plan.v3)?, stream_ref(bytes, &mut at, m, s2, plan.v3)?, stream_ref(bytes, &mut at, m, s3, plan.v3)?];
                     merge_f32(f, out)
                 }
-                Kind::Bf16 => merge_bf16([stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?], out),
-                _ => merge_planes([stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?], out),
+                Kind::Bf16 => merge_bf16([stream_ref(bytes, &mut at, m, s0, plan.v3)?, stream_ref(bytes, &mut at, m, s1, plan.v3)?], out),
+                _ => merge_planes([stream_ref(bytes, &mut at, m, s0, plan.v3)?, stream_ref(bytes, &mut at, m, s1, plan.v3)?], out),
             }
         }
         if let Some(pb) = xor {
@@ -329,7 +341,7 @@ mod speed {
         for (name, s) in [("exp", &f[0]), ("sign+m7", &f[1])] {
             let h = crate::rans::histogram(s);
             let mut r = Vec::new();
-            crate::rans::encode(s, &h, &mut r);
+            crate::rans::encode::<{ crate::rans::LANES_V3 }>(s, &h, &mut r);
             let mut dst = vec![0u8; s.len()];
             let time = |f: &mut dyn FnMut()| {
                 let mut best = f64::MAX;
@@ -342,7 +354,7 @@ mod speed {
             };
             let tr = time(&mut || {
                 let mut at = 0;
-                crate::rans::decode(&r, &mut at, &mut dst).unwrap();
+                crate::rans::decode::<{ crate::rans::LANES_V3 }>(&r, &mut at, &mut dst).unwrap();
             });
             println!("{name}: n={} entropy {:.0} B; rans {} B {:.2} ns/sym", s.len(), crate::rans::entropy_bytes(&h), r.len(), tr);
             for level in [1, 3, 19] {

@@ -1,9 +1,10 @@
-//! Order-0 rANS with 32-bit states, 16-bit renormalisation and four interleaved states.
+//! Order-0 rANS with 32-bit states, 16-bit renormalisation and 8 (`EVOLVEZ2`) or 32 (`EVOLVEZ3`)
+//! interleaved states.
 //!
 //! Why rANS and not zstd: the exponent field of trained weights carries ~2.6 bits per symbol
 //! with no useful repetition, which is an order-0 entropy problem; zstd's LZ stage finds nothing
 //! and its Huffman stage only sees bytes that straddle exponent and mantissa. Four states give
-//! the decoder four independent dependency chains, which is what makes it run at memory-ish speed.
+//! the decoder independent dependency chains, which is what makes it run at memory-ish speed.
 //!
 //! Stream layout: symbol table (see `write_table`), varint word count, then little-endian u16
 //! words. The encoder starts every state at `L`, so a decoder that does not end with every state
@@ -136,13 +137,17 @@ fn read_table(bytes: &[u8], at: &mut usize) -> Result<[u32; 256], CompressError>
 
 /// Interleaved states, each with its own word stream, so the lanes share no dependency chain
 /// (a shared stream would serialise every state's renormalisation through one read position).
-const LANES: usize = 8;
-/// Groups of `LANES` symbols decoded between bounds checks of the word streams.
+/// Lanes of the `RANS` stream tag (containers up to `EVOLVEZ2`).
+pub const LANES_V2: usize = 8;
+/// Lanes of the `RANS32` stream tag (`EVOLVEZ3`): 32 independent states let the decoder keep
+/// four 8-lane vectors in flight, where one vector's gather-multiply chain would stall.
+pub const LANES_V3: usize = 32;
+/// Groups of lanes decoded between bounds checks of the word streams.
 const BLOCK: usize = 256;
 
 /// Appends the rANS coding of `src` (with its table) to `out`. `hist` must be `histogram(src)`
 /// and have at least two distinct symbols.
-pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
+pub fn encode<const LANES: usize>(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
     let f = normalize(hist);
     let mut cum = [0u32; 256];
     let mut c = 0;
@@ -213,7 +218,7 @@ pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
 /// so the four states and positions stay in registers; not inlined, so the register allocator
 /// sees only this loop (inlined into `decode`, the positions spill to the stack every step).
 #[inline(never)]
-fn fast_block(tab: &[u32; M as usize], data: &[u8], x: &mut [u32; 4], pos: &mut [usize; 4], out: &mut [u8], half: usize) -> bool {
+fn fast_block<const LANES: usize>(tab: &[u32; M as usize], data: &[u8], x: &mut [u32; 4], pos: &mut [usize; 4], out: &mut [u8], half: usize) -> bool {
     let b = out.len() / LANES;
     // A step advances a lane by at most one word, so over `b` groups a lane at byte p reads only
     // words starting in p ..= p + 2 * (b - 1), all inside `data` when p + 2 * b <= data.len().
@@ -248,7 +253,7 @@ fn fast_block(tab: &[u32; M as usize], data: &[u8], x: &mut [u32; 4], pos: &mut 
 }
 
 /// Decodes exactly `dst.len()` symbols from `bytes[*at..]`, advancing `at` past the stream.
-pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
+pub fn decode<const LANES: usize>(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
     let f = read_table(bytes, at)?;
     // Packed slot table: symbol (8 bits) | freq (12 bits) | slot - cum (12 bits). Fixed size,
     // so indices masked with M - 1 are provably in bounds and the loop has no checks.
@@ -298,13 +303,12 @@ pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
         }};
     }
     let n_groups = dst.len() / LANES;
-    // Two passes over the output, each decoding half of the lanes: four states and four word
-    // positions fit in registers next to the table, data and output pointers, where eight of
-    // each spill to the stack on every step (x86-64 has 16 registers). Four independent chains
-    // still hide the table-load and multiply latency.
+    // One pass over the output per four lanes: four states and four word positions fit in
+    // registers next to the table, data and output pointers, where eight of each spill to the
+    // stack on every step (x86-64 has 16 registers). Four independent chains still hide the
+    // table-load and multiply latency.
     const H: usize = 4;
-    const _: () = assert!(LANES == 2 * H);
-    for half in [0, H] {
+    for half in (0..LANES).step_by(H) {
         let mut hx: [u32; H] = x[half..half + H].try_into().expect("half of the lanes");
         let mut hp: [usize; H] = pos[half..half + H].try_into().expect("half of the lanes");
         let mut done = 0;
@@ -313,7 +317,7 @@ pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
             done += b;
             // Near or past the end of the words, a block takes the checked path.
             let out = &mut dst[(done - b) * LANES..done * LANES];
-            if !fast_block(&tab, data, &mut hx, &mut hp, out, half) {
+            if !fast_block::<LANES>(&tab, data, &mut hx, &mut hp, out, half) {
                 for g in out.chunks_exact_mut(LANES) {
                     let o = &mut g[half..half + H];
                     for k in 0..H {
@@ -356,12 +360,18 @@ mod tests {
                     continue; // single-symbol streams are the caller's CONST case
                 }
                 let mut enc = Vec::new();
-                encode(&src, &h, &mut enc);
+                encode::<LANES_V3>(&src, &h, &mut enc);
                 let mut dst = vec![0u8; n];
                 let mut at = 0;
-                decode(&enc, &mut at, &mut dst).unwrap();
+                decode::<LANES_V3>(&enc, &mut at, &mut dst).unwrap();
                 assert_eq!(dst, src, "n={n} skew={skew}");
                 assert_eq!(at, enc.len());
+                let mut enc8 = Vec::new();
+                encode::<LANES_V2>(&src, &h, &mut enc8);
+                let mut at = 0;
+                decode::<LANES_V2>(&enc8, &mut at, &mut dst).unwrap();
+                assert_eq!(dst, src, "8 lanes n={n} skew={skew}");
+                assert_eq!(at, enc8.len());
                 if n == 100_000 {
                     // Within 1% + table of the order-0 entropy: the coder is not leaking bits.
                     assert!((enc.len() as f64) < entropy_bytes(&h) * 1.01 + 600.0, "{} vs {}", enc.len(), entropy_bytes(&h));
@@ -376,16 +386,17 @@ mod tests {
         // error or (undetectably at this level, caught by the chunk hash) other bytes.
         let mut r = crate::synth::Rng(11);
         let src: Vec<u8> = (0..50_000).map(|_| (120.0 + (r.normal() * 1.5).abs().floor()) as u8).collect();
-        let mut enc = Vec::new();
-        encode(&src, &histogram(&src), &mut enc);
         let mut dst = vec![0u8; src.len()];
+        let mut enc = Vec::new();
+        encode::<LANES_V3>(&src, &histogram(&src), &mut enc);
         for at in (0..enc.len()).step_by(37) {
             for bit in [0x01u8, 0x80] {
                 let mut bad = enc.clone();
                 bad[at] ^= bit;
-                let _ = decode(&bad, &mut 0, &mut dst);
+                let _ = decode::<LANES_V3>(&bad, &mut 0, &mut dst);
+                let _ = decode::<LANES_V2>(&bad, &mut 0, &mut dst);
             }
-            let _ = decode(&enc[..at], &mut 0, &mut dst);
+            let _ = decode::<LANES_V3>(&enc[..at], &mut 0, &mut dst);
         }
     }
 
@@ -422,14 +433,14 @@ mod speed {
         let h = super::histogram(&src);
         let mut enc = Vec::new();
         let t = std::time::Instant::now();
-        super::encode(&src, &h, &mut enc);
+        super::encode::<{ super::LANES_V3 }>(&src, &h, &mut enc);
         let te = t.elapsed().as_secs_f64();
         let mut dst = vec![0u8; src.len()];
         let mut best = f64::MAX;
         for _ in 0..50 {
             let t = std::time::Instant::now();
             let mut at = 0;
-            super::decode(&enc, &mut at, &mut dst).unwrap();
+            super::decode::<{ super::LANES_V3 }>(&enc, &mut at, &mut dst).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!("bits/sym {:.3} entropy {:.3}; encode {:.2} ns/sym, decode best {:.2} ns/sym", enc.len() as f64 * 8.0 / src.len() as f64, super::entropy_bytes(&h) * 8.0 / src.len() as f64, te * 1e9 / src.len() as f64, best * 1e9 / src.len() as f64);

@@ -308,10 +308,21 @@ pub fn decode<const LANES: usize>(bytes: &[u8], at: &mut usize, dst: &mut [u8]) 
     // stack on every step (x86-64 has 16 registers). Four independent chains still hide the
     // table-load and multiply latency.
     const H: usize = 4;
+    // Groups already decoded by the vector path (32 lanes as four 8-lane vectors).
+    let mut vector_done = 0;
+    if let (Ok(x32), Ok(p32)) = (<&mut [u32; 32]>::try_from(&mut x[..]), <&mut [usize; 32]>::try_from(&mut pos[..])) {
+        while vector_done < n_groups {
+            let b = (n_groups - vector_done).min(BLOCK);
+            if !simd::block32(&tab, data, x32, p32, &mut dst[vector_done * LANES..(vector_done + b) * LANES]) {
+                break;
+            }
+            vector_done += b;
+        }
+    }
     for half in (0..LANES).step_by(H) {
         let mut hx: [u32; H] = x[half..half + H].try_into().expect("half of the lanes");
         let mut hp: [usize; H] = pos[half..half + H].try_into().expect("half of the lanes");
-        let mut done = 0;
+        let mut done = vector_done;
         while done < n_groups {
             let b = (n_groups - done).min(BLOCK);
             done += b;
@@ -336,6 +347,94 @@ pub fn decode<const LANES: usize>(bytes: &[u8], at: &mut usize, dst: &mut [u8]) 
         return Err(corrupt("does not end where it was encoded to end"));
     }
     Ok(())
+}
+
+/// AVX2 decoding of 32-lane streams: lanes 8v..8v+8 are vector v, so four independent
+/// gather-multiply chains are in flight.
+mod simd {
+    /// Decodes every whole group of 32 symbols of `out` with states `x` and word positions `pos`;
+    /// returns false, having done nothing, without AVX2 or when a lane could read outside `data`
+    /// (the caller then takes the scalar path).
+    pub fn block32(tab: &[u32; super::M as usize], data: &[u8], x: &mut [u32; 32], pos: &mut [usize; 32], out: &mut [u8]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let b = out.len() / 32;
+            // A lane at byte p gathers the u32 at p - 2 (the word sits in its top half) and
+            // advances at most 2 bytes per step: over b groups it reads bytes p - 2 ..
+            // p + 2 * b, inside `data` when p >= 2 and p + 2 * b <= data.len(). Offsets are i32.
+            let ok = data.len() <= i32::MAX as usize && pos.iter().all(|&p| p >= 2 && p.checked_add(2 * b).is_some_and(|e| e <= data.len()));
+            if ok && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present (checked just above); the reads are in bounds by `ok`.
+                unsafe { block32_avx2(tab, data, x, pos, out) };
+                return true;
+            }
+        }
+        let _ = (tab, data, x, pos, out);
+        false
+    }
+
+    /// # Safety
+    /// AVX2 must be available, `data.len() <= i32::MAX`, and every `pos[k]` must satisfy
+    /// `pos[k] >= 2` and `pos[k] + 2 * (out.len() / 32) <= data.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block32_avx2(tab: &[u32; super::M as usize], data: &[u8], x: &mut [u32; 32], pos: &mut [usize; 32], out: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let mask = _mm256_set1_epi32((super::M - 1) as i32);
+        let low_byte = _mm256_set1_epi32(0xff);
+        let zero = _mm256_setzero_si256();
+        let two = _mm256_set1_epi32(2);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut xv = [zero; 4];
+        let mut pv = [zero; 4];
+        for v in 0..4 {
+            // SAFETY: x has 32 elements, so 8v..8v+8 is in bounds; loadu has no alignment need.
+            xv[v] = unsafe { _mm256_loadu_si256(x.as_ptr().add(8 * v) as *const __m256i) };
+            // pos[k] <= data.len() <= i32::MAX (caller's contract), so the cast is exact; the
+            // vector holds p - 2 >= 0, the gather offset.
+            let p: [i32; 8] = std::array::from_fn(|k| pos[8 * v + k] as i32 - 2);
+            pv[v] = unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) };
+        }
+        let tab_ptr = tab.as_ptr() as *const i32;
+        let data_ptr = data.as_ptr() as *const i32;
+        for g in out.chunks_exact_mut(32) {
+            let mut e = [zero; 4];
+            for v in 0..4 {
+                let xs = xv[v];
+                // SAFETY: slot = x & (M - 1) < M = tab.len(); scale 4 bytes per entry.
+                let ev = unsafe { _mm256_i32gather_epi32::<4>(tab_ptr, _mm256_and_si256(xs, mask)) };
+                // SAFETY: pv holds p - 2 with p - 2 >= 0 and p + 2 <= data.len() for every step
+                // of this call (caller's contract), so the 4 bytes gathered are inside `data`.
+                let wv = _mm256_srli_epi32::<16>(unsafe { _mm256_i32gather_epi32::<1>(data_ptr, pv[v]) });
+                let freq = _mm256_and_si256(_mm256_srli_epi32::<8>(ev), mask);
+                let s = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ super::PROB_BITS as i32 }>(xs)), _mm256_srli_epi32::<20>(ev));
+                // s < L = 2^16 (unsigned): its top half is zero. need is all-ones where true.
+                let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(s), zero);
+                xv[v] = _mm256_blendv_epi8(s, _mm256_or_si256(_mm256_slli_epi32::<16>(s), wv), need);
+                pv[v] = _mm256_add_epi32(pv[v], _mm256_and_si256(need, two));
+                e[v] = _mm256_and_si256(ev, low_byte);
+            }
+            // Symbols are < 256, so the saturating packs are exact; they interleave 128-bit
+            // halves, which the permutation undoes.
+            let bytes = _mm256_packus_epi16(_mm256_packus_epi32(e[0], e[1]), _mm256_packus_epi32(e[2], e[3]));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            // SAFETY: g is exactly 32 bytes; storeu has no alignment need.
+            unsafe { _mm256_storeu_si256(g.as_mut_ptr() as *mut __m256i, bytes) };
+        }
+        for v in 0..4 {
+            let mut xa = [0u32; 8];
+            let mut pa = [0i32; 8];
+            // SAFETY: 8-element arrays, unaligned stores.
+            unsafe {
+                _mm256_storeu_si256(xa.as_mut_ptr() as *mut __m256i, xv[v]);
+                _mm256_storeu_si256(pa.as_mut_ptr() as *mut __m256i, pv[v]);
+            }
+            for k in 0..8 {
+                x[8 * v + k] = xa[k];
+                pos[8 * v + k] = (pa[k] + 2) as usize;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

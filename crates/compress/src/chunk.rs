@@ -16,6 +16,8 @@ const RAW: u8 = 0;
 const CONST: u8 = 1;
 const RANS: u8 = 2;
 const ZSTD: u8 = 3;
+/// rANS with `rans::LANES_V3` lanes; only in `EVOLVEZ3` containers (`RANS` has 8 lanes).
+const RANS32: u8 = 4;
 const XOR_FLAG: u8 = 0x80;
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -27,6 +29,9 @@ fn corrupt(what: impl Into<String>) -> CompressError {
 pub struct Plan {
     /// Plain-zstd codec: every segment is one zstd stream, no field split, no entropy coder.
     pub zstd_only: bool,
+    /// Container version 3 or later: rANS streams have 32 lanes (`RANS32`). Version 2 writes
+    /// and accepts only 8-lane `RANS`.
+    pub v3: bool,
 }
 
 fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
@@ -59,8 +64,14 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
     let mut best: Option<Vec<u8>> = None;
     // Table and final states cost ~20..600 bytes; below a 3% saving rANS is not worth decoding.
     if est < 0.97 * n as f64 - 64.0 {
-        let mut r = vec![RANS];
-        rans::encode(src, &hist, &mut r);
+        let mut r;
+        if plan.v3 {
+            r = vec![RANS32];
+            rans::encode::<{ rans::LANES_V3 }>(src, &hist, &mut r);
+        } else {
+            r = vec![RANS];
+            rans::encode::<{ rans::LANES_V2 }>(src, &hist, &mut r);
+        }
         best = Some(r);
     }
     // zstd only pays where there are repeats an order-0 model cannot see: opaque bytes (JSON,
@@ -85,18 +96,18 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
 
 /// Decodes a stream of `n` symbols: a raw stream is returned in place (no copy), anything else
 /// is decoded into `scratch`.
-fn stream_ref<'a>(bytes: &'a [u8], at: &mut usize, n: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8], CompressError> {
+fn stream_ref<'a>(bytes: &'a [u8], at: &mut usize, n: usize, scratch: &'a mut Vec<u8>, v3: bool) -> Result<&'a [u8], CompressError> {
     if bytes.get(*at) == Some(&RAW) {
         let s = bytes.get(*at + 1..).and_then(|b| b.get(..n)).ok_or(CompressError::Truncated("raw stream"))?;
         *at += 1 + n;
         return Ok(s);
     }
     scratch.resize(n, 0);
-    get_stream(bytes, at, scratch)?;
+    get_stream(bytes, at, scratch, v3)?;
     Ok(scratch)
 }
 
-fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
+fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8], v3: bool) -> Result<(), CompressError> {
     let tag = *bytes.get(*at).ok_or(CompressError::Truncated("stream tag"))?;
     *at += 1;
     match tag {
@@ -110,7 +121,8 @@ fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
             *at += 1;
             dst.fill(b);
         }
-        RANS => rans::decode(bytes, at, dst)?,
+        RANS if !v3 => rans::decode::<{ rans::LANES_V2 }>(bytes, at, dst)?,
+        RANS32 if v3 => rans::decode::<{ rans::LANES_V3 }>(bytes, at, dst)?,
         ZSTD => {
             let n = get_varint(bytes, at)? as usize;
             let s = bytes.get(*at..).and_then(|b| b.get(..n)).ok_or(CompressError::Truncated("zstd stream"))?;
@@ -141,7 +153,10 @@ fn split_f32(src: &[u8]) -> [Vec<u8>; 4] {
 }
 
 fn merge_f32(f: [&[u8]; 4], dst: &mut [u8]) {
-    let [e, s2, s1, s0] = f;
+    // The vector path does whole blocks of 32 elements; the loop below finishes the rest.
+    let done = simd::merge_f32(f, dst);
+    let dst = &mut dst[4 * done..];
+    let [e, s2, s1, s0] = f.map(|p| p.get(done..).unwrap_or(&[]));
     // Zipped iterators: no bounds checks in the loop, so it vectorises.
     for ((((w, &e), &s2), &s1), &s0) in dst.chunks_exact_mut(4).zip(e).zip(s2).zip(s1).zip(s0) {
         let v = (e as u32) << 23 | ((s2 & 0x80) as u32) << 24 | ((s2 & 0x7f) as u32) << 16 | (s1 as u32) << 8 | s0 as u32;
@@ -162,10 +177,104 @@ fn split_bf16(src: &[u8]) -> [Vec<u8>; 2] {
 }
 
 fn merge_bf16(f: [&[u8]; 2], dst: &mut [u8]) {
-    let [e, s] = f;
+    let done = simd::merge_bf16(f, dst);
+    let dst = &mut dst[2 * done..];
+    let [e, s] = f.map(|p| p.get(done..).unwrap_or(&[]));
     for ((w, &e), &s) in dst.chunks_exact_mut(2).zip(e).zip(s) {
         let v = (e as u16) << 7 | ((s & 0x80) as u16) << 8 | (s & 0x7f) as u16;
         w.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// AVX2 re-interleaving of float fields, 32 elements at a time: widening bytes to u32 lanes
+/// one element at a time (all SSE2 offers) costs ~6 instructions per element.
+mod simd {
+    /// Merges the leading whole blocks of 32 elements; returns how many elements it wrote (0
+    /// without AVX2).
+    pub fn merge_f32(f: [&[u8]; 4], dst: &mut [u8]) -> usize {
+        let n = (dst.len() / 4).min(f.iter().map(|p| p.len()).min().unwrap_or(0)) / 32 * 32;
+        #[cfg(target_arch = "x86_64")]
+        if n > 0 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present; every plane has >= n bytes and dst >= 4n (n's definition).
+            unsafe { merge_f32_avx2(f, dst, n) };
+            return n;
+        }
+        let _ = (f, dst, n);
+        0
+    }
+
+    pub fn merge_bf16(f: [&[u8]; 2], dst: &mut [u8]) -> usize {
+        let n = (dst.len() / 2).min(f[0].len()).min(f[1].len()) / 32 * 32;
+        #[cfg(target_arch = "x86_64")]
+        if n > 0 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present; both planes have >= n bytes and dst >= 2n.
+            unsafe { merge_bf16_avx2(f, dst, n) };
+            return n;
+        }
+        let _ = (f, dst, n);
+        0
+    }
+
+    /// Bytes 2 and 3 of an F32 (or 0 and 1 of a BF16) from the exponent and the sign+top
+    /// mantissa field: (s & 0x7f) | (e & 1) << 7 and (s & 0x80) | e >> 1. The 16-bit shifts
+    /// leak bits across byte boundaries only into positions the masks clear.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn high_bytes(e: std::arch::x86_64::__m256i, s: std::arch::x86_64::__m256i) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+        use std::arch::x86_64::*;
+        let m80 = _mm256_set1_epi8(0x80u8 as i8);
+        let m7f = _mm256_set1_epi8(0x7f);
+        let lo = _mm256_or_si256(_mm256_and_si256(s, m7f), _mm256_and_si256(_mm256_slli_epi16::<7>(e), m80));
+        let hi = _mm256_or_si256(_mm256_and_si256(s, m80), _mm256_and_si256(_mm256_srli_epi16::<1>(e), m7f));
+        (lo, hi)
+    }
+
+    /// # Safety
+    /// AVX2 must be available, `n` a multiple of 32, every plane at least `n` bytes long and
+    /// `dst` at least `4 * n`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn merge_f32_avx2(f: [&[u8]; 4], dst: &mut [u8], n: usize) {
+        use std::arch::x86_64::*;
+        let [e, s2, s1, s0] = f;
+        for i in (0..n).step_by(32) {
+            // SAFETY: i + 32 <= n <= each plane's length (contract); loadu is unaligned.
+            let ld = |p: &[u8]| unsafe { _mm256_loadu_si256(p.as_ptr().add(i) as *const __m256i) };
+            let (b0, b1) = (ld(s0), ld(s1));
+            let (b2, b3) = high_bytes(ld(e), ld(s2));
+            // Unpacks work within 128-bit halves: w0..w3 hold elements {0-3,16-19}, {4-7,20-23},
+            // {8-11,24-27}, {12-15,28-31}; the cross-half permutes put them in order.
+            let (l01, h01) = (_mm256_unpacklo_epi8(b0, b1), _mm256_unpackhi_epi8(b0, b1));
+            let (l23, h23) = (_mm256_unpacklo_epi8(b2, b3), _mm256_unpackhi_epi8(b2, b3));
+            let (w0, w1) = (_mm256_unpacklo_epi16(l01, l23), _mm256_unpackhi_epi16(l01, l23));
+            let (w2, w3) = (_mm256_unpacklo_epi16(h01, h23), _mm256_unpackhi_epi16(h01, h23));
+            let out = [_mm256_permute2x128_si256::<0x20>(w0, w1), _mm256_permute2x128_si256::<0x20>(w2, w3), _mm256_permute2x128_si256::<0x31>(w0, w1), _mm256_permute2x128_si256::<0x31>(w2, w3)];
+            for (k, v) in out.into_iter().enumerate() {
+                // SAFETY: 4 * i + 32 * k + 32 <= 4 * n <= dst.len() (contract).
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(4 * i + 32 * k) as *mut __m256i, v) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 must be available, `n` a multiple of 32, both planes at least `n` bytes long and
+    /// `dst` at least `2 * n`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn merge_bf16_avx2(f: [&[u8]; 2], dst: &mut [u8], n: usize) {
+        use std::arch::x86_64::*;
+        let [e, s] = f;
+        for i in (0..n).step_by(32) {
+            // SAFETY: i + 32 <= n <= each plane's length (contract).
+            let ld = |p: &[u8]| unsafe { _mm256_loadu_si256(p.as_ptr().add(i) as *const __m256i) };
+            let (lo, hi) = high_bytes(ld(e), ld(s));
+            let (a, b) = (_mm256_unpacklo_epi8(lo, hi), _mm256_unpackhi_epi8(lo, hi));
+            let out = [_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b)];
+            for (k, v) in out.into_iter().enumerate() {
+                // SAFETY: 2 * i + 32 * k + 32 <= 2 * n <= dst.len() (contract).
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(2 * i + 32 * k) as *mut __m256i, v) };
+            }
+        }
     }
 }
 
@@ -287,17 +396,17 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
         let k = n_streams(kind);
         // A zstd-only container codes float segments as one stream too.
         if kind == Kind::Other || plan.zstd_only {
-            get_stream(bytes, &mut at, out)?;
+            get_stream(bytes, &mut at, out, plan.v3)?;
         } else {
             let m = len / k;
             let [s0, s1, s2, s3] = &mut scratch;
             match kind {
                 Kind::F32 => {
-                    let f = [stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?, stream_ref(bytes, &mut at, m, s2)?, stream_ref(bytes, &mut at, m, s3)?];
+                    let f = [stream_ref(bytes, &mut at, m, s0, plan.v3)?, stream_ref(bytes, &mut at, m, s1, plan.v3)?, stream_ref(bytes, &mut at, m, s2, plan.v3)?, stream_ref(bytes, &mut at, m, s3, plan.v3)?];
                     merge_f32(f, out)
                 }
-                Kind::Bf16 => merge_bf16([stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?], out),
-                _ => merge_planes([stream_ref(bytes, &mut at, m, s0)?, stream_ref(bytes, &mut at, m, s1)?], out),
+                Kind::Bf16 => merge_bf16([stream_ref(bytes, &mut at, m, s0, plan.v3)?, stream_ref(bytes, &mut at, m, s1, plan.v3)?], out),
+                _ => merge_planes([stream_ref(bytes, &mut at, m, s0, plan.v3)?, stream_ref(bytes, &mut at, m, s1, plan.v3)?], out),
             }
         }
         if let Some(pb) = xor {
@@ -315,6 +424,25 @@ pub fn decode_chunk(bytes: &[u8], parent: Option<&[u8]>, dst: &mut [u8], plan: P
 }
 
 #[cfg(test)]
+mod tests {
+    #[test]
+    fn merges_invert_splits_at_every_length() {
+        let mut r = crate::synth::Rng(3);
+        for n in [0usize, 1, 31, 32, 33, 64, 100, 1000] {
+            let raw: Vec<u8> = (0..4 * n).map(|_| r.next_u64() as u8).collect();
+            let f = super::split_f32(&raw);
+            let mut out = vec![0u8; 4 * n];
+            super::merge_f32([&f[0], &f[1], &f[2], &f[3]], &mut out);
+            assert_eq!(out, raw, "f32 n={n}");
+            let f = super::split_bf16(&raw[..2 * n]);
+            let mut out = vec![0u8; 2 * n];
+            super::merge_bf16([&f[0], &f[1]], &mut out);
+            assert_eq!(out, &raw[..2 * n], "bf16 n={n}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod speed {
     /// `EVOLVE_ST=file cargo test --release -p evolve-compress exponent_coders -- --ignored --nocapture`
     #[test]
@@ -329,7 +457,7 @@ mod speed {
         for (name, s) in [("exp", &f[0]), ("sign+m7", &f[1])] {
             let h = crate::rans::histogram(s);
             let mut r = Vec::new();
-            crate::rans::encode(s, &h, &mut r);
+            crate::rans::encode::<{ crate::rans::LANES_V3 }>(s, &h, &mut r);
             let mut dst = vec![0u8; s.len()];
             let time = |f: &mut dyn FnMut()| {
                 let mut best = f64::MAX;
@@ -342,7 +470,7 @@ mod speed {
             };
             let tr = time(&mut || {
                 let mut at = 0;
-                crate::rans::decode(&r, &mut at, &mut dst).unwrap();
+                crate::rans::decode::<{ crate::rans::LANES_V3 }>(&r, &mut at, &mut dst).unwrap();
             });
             println!("{name}: n={} entropy {:.0} B; rans {} B {:.2} ns/sym", s.len(), crate::rans::entropy_bytes(&h), r.len(), tr);
             for level in [1, 3, 19] {

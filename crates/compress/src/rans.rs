@@ -1,9 +1,10 @@
-//! Order-0 rANS with 32-bit states, 16-bit renormalisation and four interleaved states.
+//! Order-0 rANS with 32-bit states, 16-bit renormalisation and 8 (`EVOLVEZ2`) or 32 (`EVOLVEZ3`)
+//! interleaved states.
 //!
 //! Why rANS and not zstd: the exponent field of trained weights carries ~2.6 bits per symbol
 //! with no useful repetition, which is an order-0 entropy problem; zstd's LZ stage finds nothing
 //! and its Huffman stage only sees bytes that straddle exponent and mantissa. Four states give
-//! the decoder four independent dependency chains, which is what makes it run at memory-ish speed.
+//! the decoder independent dependency chains, which is what makes it run at memory-ish speed.
 //!
 //! Stream layout: symbol table (see `write_table`), varint word count, then little-endian u16
 //! words. The encoder starts every state at `L`, so a decoder that does not end with every state
@@ -136,11 +137,17 @@ fn read_table(bytes: &[u8], at: &mut usize) -> Result<[u32; 256], CompressError>
 
 /// Interleaved states, each with its own word stream, so the lanes share no dependency chain
 /// (a shared stream would serialise every state's renormalisation through one read position).
-const LANES: usize = 8;
+/// Lanes of the `RANS` stream tag (containers up to `EVOLVEZ2`).
+pub const LANES_V2: usize = 8;
+/// Lanes of the `RANS32` stream tag (`EVOLVEZ3`): 32 independent states let the decoder keep
+/// four 8-lane vectors in flight, where one vector's gather-multiply chain would stall.
+pub const LANES_V3: usize = 32;
+/// Groups of lanes decoded between bounds checks of the word streams.
+const BLOCK: usize = 256;
 
 /// Appends the rANS coding of `src` (with its table) to `out`. `hist` must be `histogram(src)`
 /// and have at least two distinct symbols.
-pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
+pub fn encode<const LANES: usize>(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
     let f = normalize(hist);
     let mut cum = [0u32; 256];
     let mut c = 0;
@@ -205,8 +212,48 @@ pub fn encode(src: &[u8], hist: &[u32; 256], out: &mut Vec<u8>) {
     }
 }
 
+/// Decodes lanes `half .. half + 4` of every group of `out` (whole groups of `LANES` symbols) with
+/// states `x` and word positions `pos`, unless a lane could read past `data`: then it returns
+/// false having done nothing, and the caller takes the checked path. Locals rather than arrays
+/// so the four states and positions stay in registers; not inlined, so the register allocator
+/// sees only this loop (inlined into `decode`, the positions spill to the stack every step).
+#[inline(never)]
+fn fast_block<const LANES: usize>(tab: &[u32; M as usize], data: &[u8], x: &mut [u32; 4], pos: &mut [usize; 4], out: &mut [u8], half: usize) -> bool {
+    let b = out.len() / LANES;
+    // A step advances a lane by at most one word, so over `b` groups a lane at byte p reads only
+    // words starting in p ..= p + 2 * (b - 1), all inside `data` when p + 2 * b <= data.len().
+    if !pos.iter().all(|&p| p.checked_add(2 * b).is_some_and(|e| e <= data.len())) || half + 4 > LANES {
+        return false;
+    }
+    // SAFETY: every offset passed here satisfies p + 2 <= data.len(), by the check above.
+    let word = |p: usize| unsafe { u16::from_le_bytes([*data.get_unchecked(p), *data.get_unchecked(p + 1)]) as u32 };
+    let [mut x0, mut x1, mut x2, mut x3] = *x;
+    let [mut p0, mut p1, mut p2, mut p3] = *pos;
+    macro_rules! step {
+        ($x:ident, $p:ident) => {{
+            let e = tab[($x & (M - 1)) as usize];
+            let s = ((e >> 8) & (M - 1)) * ($x >> PROB_BITS) + (e >> 20);
+            let need = s < L;
+            let w = word($p);
+            $x = if need { (s << 16) | w } else { s };
+            $p += 2 * need as usize;
+            e as u8
+        }};
+    }
+    for g in out.chunks_exact_mut(LANES) {
+        let o: &mut [u8; 4] = (&mut g[half..half + 4]).try_into().expect("half + 4 <= LANES, checked above");
+        o[0] = step!(x0, p0);
+        o[1] = step!(x1, p1);
+        o[2] = step!(x2, p2);
+        o[3] = step!(x3, p3);
+    }
+    *x = [x0, x1, x2, x3];
+    *pos = [p0, p1, p2, p3];
+    true
+}
+
 /// Decodes exactly `dst.len()` symbols from `bytes[*at..]`, advancing `at` past the stream.
-pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
+pub fn decode<const LANES: usize>(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), CompressError> {
     let f = read_table(bytes, at)?;
     // Packed slot table: symbol (8 bits) | freq (12 bits) | slot - cum (12 bits). Fixed size,
     // so indices masked with M - 1 are provably in bounds and the loop has no checks.
@@ -239,34 +286,155 @@ pub fn decode(bytes: &[u8], at: &mut usize, dst: &mut [u8]) -> Result<(), Compre
         x[k] = word(start) | word(start + 2) << 16;
         pos[k] = start + 4;
     }
-    // One decode step of lane k. Renormalisation is branchless: whether a state needs a word is
+    // One decode step of a lane with state `$x` and word position `$p`, `$word` reading the
+    // u16 at a byte offset. Renormalisation is branchless: whether a state needs a word is
     // data-dependent and unpredictable (~1 in 6 symbols), a branch would mispredict constantly.
     // A corrupt stream may make a lane read into its neighbour's words or past the end (zeros);
     // the final position check catches both, so the hot loop carries no error path.
     macro_rules! step {
-        ($k:expr) => {{
-            let e = tab[(x[$k] & (M - 1)) as usize];
-            let s = ((e >> 8) & (M - 1)) * (x[$k] >> PROB_BITS) + (e >> 20);
+        ($x:expr, $p:expr, $word:expr) => {{
+            let e = tab[($x & (M - 1)) as usize];
+            let s = ((e >> 8) & (M - 1)) * ($x >> PROB_BITS) + (e >> 20);
             let need = s < L;
-            let w = word(pos[$k]);
-            x[$k] = if need { (s << 16) | w } else { s };
-            pos[$k] += 2 * need as usize;
+            let w = $word($p);
+            $x = if need { (s << 16) | w } else { s };
+            $p += 2 * need as usize;
             e as u8
         }};
     }
-    let mut groups = dst.chunks_exact_mut(LANES);
-    for g in &mut groups {
-        for k in 0..LANES {
-            g[k] = step!(k);
+    let n_groups = dst.len() / LANES;
+    // One pass over the output per four lanes: four states and four word positions fit in
+    // registers next to the table, data and output pointers, where eight of each spill to the
+    // stack on every step (x86-64 has 16 registers). Four independent chains still hide the
+    // table-load and multiply latency.
+    const H: usize = 4;
+    // Groups already decoded by the vector path (32 lanes as four 8-lane vectors).
+    let mut vector_done = 0;
+    if let (Ok(x32), Ok(p32)) = (<&mut [u32; 32]>::try_from(&mut x[..]), <&mut [usize; 32]>::try_from(&mut pos[..])) {
+        while vector_done < n_groups {
+            let b = (n_groups - vector_done).min(BLOCK);
+            if !simd::block32(&tab, data, x32, p32, &mut dst[vector_done * LANES..(vector_done + b) * LANES]) {
+                break;
+            }
+            vector_done += b;
         }
     }
-    for (k, o) in groups.into_remainder().iter_mut().enumerate() {
-        *o = step!(k);
+    for half in (0..LANES).step_by(H) {
+        let mut hx: [u32; H] = x[half..half + H].try_into().expect("half of the lanes");
+        let mut hp: [usize; H] = pos[half..half + H].try_into().expect("half of the lanes");
+        let mut done = vector_done;
+        while done < n_groups {
+            let b = (n_groups - done).min(BLOCK);
+            done += b;
+            // Near or past the end of the words, a block takes the checked path.
+            let out = &mut dst[(done - b) * LANES..done * LANES];
+            if !fast_block::<LANES>(&tab, data, &mut hx, &mut hp, out, half) {
+                for g in out.chunks_exact_mut(LANES) {
+                    let o = &mut g[half..half + H];
+                    for k in 0..H {
+                        o[k] = step!(hx[k], hp[k], word);
+                    }
+                }
+            }
+        }
+        x[half..half + H].copy_from_slice(&hx);
+        pos[half..half + H].copy_from_slice(&hp);
+    }
+    for (k, o) in dst[n_groups * LANES..].iter_mut().enumerate() {
+        *o = step!(x[k], pos[k], word);
     }
     if (0..LANES).any(|k| x[k] != L || pos[k] != end[k]) {
         return Err(corrupt("does not end where it was encoded to end"));
     }
     Ok(())
+}
+
+/// AVX2 decoding of 32-lane streams: lanes 8v..8v+8 are vector v, so four independent
+/// gather-multiply chains are in flight.
+mod simd {
+    /// Decodes every whole group of 32 symbols of `out` with states `x` and word positions `pos`;
+    /// returns false, having done nothing, without AVX2 or when a lane could read outside `data`
+    /// (the caller then takes the scalar path).
+    pub fn block32(tab: &[u32; super::M as usize], data: &[u8], x: &mut [u32; 32], pos: &mut [usize; 32], out: &mut [u8]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let b = out.len() / 32;
+            // A lane at byte p gathers the u32 at p - 2 (the word sits in its top half) and
+            // advances at most 2 bytes per step: over b groups it reads bytes p - 2 ..
+            // p + 2 * b, inside `data` when p >= 2 and p + 2 * b <= data.len(). Offsets are i32.
+            let ok = data.len() <= i32::MAX as usize && pos.iter().all(|&p| p >= 2 && p.checked_add(2 * b).is_some_and(|e| e <= data.len()));
+            if ok && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present (checked just above); the reads are in bounds by `ok`.
+                unsafe { block32_avx2(tab, data, x, pos, out) };
+                return true;
+            }
+        }
+        let _ = (tab, data, x, pos, out);
+        false
+    }
+
+    /// # Safety
+    /// AVX2 must be available, `data.len() <= i32::MAX`, and every `pos[k]` must satisfy
+    /// `pos[k] >= 2` and `pos[k] + 2 * (out.len() / 32) <= data.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block32_avx2(tab: &[u32; super::M as usize], data: &[u8], x: &mut [u32; 32], pos: &mut [usize; 32], out: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let mask = _mm256_set1_epi32((super::M - 1) as i32);
+        let low_byte = _mm256_set1_epi32(0xff);
+        let zero = _mm256_setzero_si256();
+        let two = _mm256_set1_epi32(2);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut xv = [zero; 4];
+        let mut pv = [zero; 4];
+        for v in 0..4 {
+            // SAFETY: x has 32 elements, so 8v..8v+8 is in bounds; loadu has no alignment need.
+            xv[v] = unsafe { _mm256_loadu_si256(x.as_ptr().add(8 * v) as *const __m256i) };
+            // pos[k] <= data.len() <= i32::MAX (caller's contract), so the cast is exact; the
+            // vector holds p - 2 >= 0, the gather offset.
+            let p: [i32; 8] = std::array::from_fn(|k| pos[8 * v + k] as i32 - 2);
+            pv[v] = unsafe { _mm256_loadu_si256(p.as_ptr() as *const __m256i) };
+        }
+        let tab_ptr = tab.as_ptr() as *const i32;
+        let data_ptr = data.as_ptr() as *const i32;
+        for g in out.chunks_exact_mut(32) {
+            let mut e = [zero; 4];
+            for v in 0..4 {
+                let xs = xv[v];
+                // SAFETY: slot = x & (M - 1) < M = tab.len(); scale 4 bytes per entry.
+                let ev = unsafe { _mm256_i32gather_epi32::<4>(tab_ptr, _mm256_and_si256(xs, mask)) };
+                // SAFETY: pv holds p - 2 with p - 2 >= 0 and p + 2 <= data.len() for every step
+                // of this call (caller's contract), so the 4 bytes gathered are inside `data`.
+                let wv = _mm256_srli_epi32::<16>(unsafe { _mm256_i32gather_epi32::<1>(data_ptr, pv[v]) });
+                let freq = _mm256_and_si256(_mm256_srli_epi32::<8>(ev), mask);
+                let s = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32::<{ super::PROB_BITS as i32 }>(xs)), _mm256_srli_epi32::<20>(ev));
+                // s < L = 2^16 (unsigned): its top half is zero. need is all-ones where true.
+                let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(s), zero);
+                xv[v] = _mm256_blendv_epi8(s, _mm256_or_si256(_mm256_slli_epi32::<16>(s), wv), need);
+                pv[v] = _mm256_add_epi32(pv[v], _mm256_and_si256(need, two));
+                e[v] = _mm256_and_si256(ev, low_byte);
+            }
+            // Symbols are < 256, so the saturating packs are exact; they interleave 128-bit
+            // halves, which the permutation undoes.
+            let bytes = _mm256_packus_epi16(_mm256_packus_epi32(e[0], e[1]), _mm256_packus_epi32(e[2], e[3]));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            // SAFETY: g is exactly 32 bytes; storeu has no alignment need.
+            unsafe { _mm256_storeu_si256(g.as_mut_ptr() as *mut __m256i, bytes) };
+        }
+        for v in 0..4 {
+            let mut xa = [0u32; 8];
+            let mut pa = [0i32; 8];
+            // SAFETY: 8-element arrays, unaligned stores.
+            unsafe {
+                _mm256_storeu_si256(xa.as_mut_ptr() as *mut __m256i, xv[v]);
+                _mm256_storeu_si256(pa.as_mut_ptr() as *mut __m256i, pv[v]);
+            }
+            for k in 0..8 {
+                x[8 * v + k] = xa[k];
+                pos[8 * v + k] = (pa[k] + 2) as usize;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,17 +459,43 @@ mod tests {
                     continue; // single-symbol streams are the caller's CONST case
                 }
                 let mut enc = Vec::new();
-                encode(&src, &h, &mut enc);
+                encode::<LANES_V3>(&src, &h, &mut enc);
                 let mut dst = vec![0u8; n];
                 let mut at = 0;
-                decode(&enc, &mut at, &mut dst).unwrap();
+                decode::<LANES_V3>(&enc, &mut at, &mut dst).unwrap();
                 assert_eq!(dst, src, "n={n} skew={skew}");
                 assert_eq!(at, enc.len());
+                let mut enc8 = Vec::new();
+                encode::<LANES_V2>(&src, &h, &mut enc8);
+                let mut at = 0;
+                decode::<LANES_V2>(&enc8, &mut at, &mut dst).unwrap();
+                assert_eq!(dst, src, "8 lanes n={n} skew={skew}");
+                assert_eq!(at, enc8.len());
                 if n == 100_000 {
                     // Within 1% + table of the order-0 entropy: the coder is not leaking bits.
                     assert!((enc.len() as f64) < entropy_bytes(&h) * 1.01 + 600.0, "{} vs {}", enc.len(), entropy_bytes(&h));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn corrupt_streams_never_panic() {
+        // Long enough that the unchecked block path runs; flips and truncations must give an
+        // error or (undetectably at this level, caught by the chunk hash) other bytes.
+        let mut r = crate::synth::Rng(11);
+        let src: Vec<u8> = (0..50_000).map(|_| (120.0 + (r.normal() * 1.5).abs().floor()) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        let mut enc = Vec::new();
+        encode::<LANES_V3>(&src, &histogram(&src), &mut enc);
+        for at in (0..enc.len()).step_by(37) {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = enc.clone();
+                bad[at] ^= bit;
+                let _ = decode::<LANES_V3>(&bad, &mut 0, &mut dst);
+                let _ = decode::<LANES_V2>(&bad, &mut 0, &mut dst);
+            }
+            let _ = decode::<LANES_V3>(&enc[..at], &mut 0, &mut dst);
         }
     }
 
@@ -338,14 +532,14 @@ mod speed {
         let h = super::histogram(&src);
         let mut enc = Vec::new();
         let t = std::time::Instant::now();
-        super::encode(&src, &h, &mut enc);
+        super::encode::<{ super::LANES_V3 }>(&src, &h, &mut enc);
         let te = t.elapsed().as_secs_f64();
         let mut dst = vec![0u8; src.len()];
         let mut best = f64::MAX;
         for _ in 0..50 {
             let t = std::time::Instant::now();
             let mut at = 0;
-            super::decode(&enc, &mut at, &mut dst).unwrap();
+            super::decode::<{ super::LANES_V3 }>(&enc, &mut at, &mut dst).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
         }
         println!("bits/sym {:.3} entropy {:.3}; encode {:.2} ns/sym, decode best {:.2} ns/sym", enc.len() as f64 * 8.0 / src.len() as f64, super::entropy_bytes(&h) * 8.0 / src.len() as f64, te * 1e9 / src.len() as f64, best * 1e9 / src.len() as f64);

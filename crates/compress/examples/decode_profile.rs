@@ -7,6 +7,14 @@ use evolve_compress::{Codec, Options, decode_with, encode_with};
 
 fn main() {
     let mut args = std::env::args().skip(1);
+    if let Ok(evz) = std::env::var("EVZ") {
+        // Check an existing container against the raw file it was made from: EVZ=x.evz RAW=x.
+        let enc = std::fs::read(&evz).expect("EVZ");
+        let raw = std::fs::read(std::env::var("RAW").expect("RAW")).expect("RAW file");
+        let d = evolve_compress::decode(&enc).expect("decode");
+        println!("{evz}: {} ({}), identical: {}", String::from_utf8_lossy(&enc[..8]), d.len(), d == raw);
+        return;
+    }
     let dtype = args.next().unwrap_or_else(|| "f32".into());
     let params: usize = args.next().map_or(1 << 20, |s| s.parse().expect("PARAMS"));
     let reps: usize = args.next().map_or(1, |s| s.parse().expect("REPS"));

@@ -16,8 +16,15 @@ const RAW: u8 = 0;
 const CONST: u8 = 1;
 const RANS: u8 = 2;
 const ZSTD: u8 = 3;
-/// rANS with `rans::LANES_V3` lanes; only in `EVOLVEZ3` containers (`RANS` has 8 lanes).
-const RANS32: u8 = 4;
+/// rANS with `rans::LANES_V3` lanes, compact table and lane lengths; only in `EVOLVEZ3`
+/// containers (`RANS` has 8 lanes).
+const RANS16: u8 = 4;
+/// rANS with 8 lanes, compact table and lane lengths; only in `EVOLVEZ3` containers, for streams
+/// too short for 16 lanes' extra final states to pay.
+const RANS8C: u8 = 5;
+/// Shortest stream coded with 16 lanes: below it the 8 extra 4-byte final states cost more than
+/// 0.1% of the stream.
+const MIN_RANS16: usize = 1 << 16;
 const XOR_FLAG: u8 = 0x80;
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -29,7 +36,7 @@ fn corrupt(what: impl Into<String>) -> CompressError {
 pub struct Plan {
     /// Plain-zstd codec: every segment is one zstd stream, no field split, no entropy coder.
     pub zstd_only: bool,
-    /// Container version 3 or later: rANS streams have 32 lanes (`RANS32`). Version 2 writes
+    /// Container version 3 or later: rANS streams have 16 lanes (`RANS16`). Version 2 writes
     /// and accepts only 8-lane `RANS`.
     pub v3: bool,
 }
@@ -65,12 +72,15 @@ fn put_stream(out: &mut Vec<u8>, src: &[u8], try_zstd: bool, plan: Plan) {
     // Table and final states cost ~20..600 bytes; below a 3% saving rANS is not worth decoding.
     if est < 0.97 * n as f64 - 64.0 {
         let mut r;
-        if plan.v3 {
-            r = vec![RANS32];
-            rans::encode::<{ rans::LANES_V3 }>(src, &hist, &mut r);
+        if plan.v3 && n >= MIN_RANS16 {
+            r = vec![RANS16];
+            rans::encode::<{ rans::LANES_V3 }>(src, &hist, &mut r, true);
+        } else if plan.v3 {
+            r = vec![RANS8C];
+            rans::encode::<{ rans::LANES_V2 }>(src, &hist, &mut r, true);
         } else {
             r = vec![RANS];
-            rans::encode::<{ rans::LANES_V2 }>(src, &hist, &mut r);
+            rans::encode::<{ rans::LANES_V2 }>(src, &hist, &mut r, false);
         }
         best = Some(r);
     }
@@ -121,8 +131,9 @@ fn get_stream(bytes: &[u8], at: &mut usize, dst: &mut [u8], v3: bool) -> Result<
             *at += 1;
             dst.fill(b);
         }
-        RANS if !v3 => rans::decode::<{ rans::LANES_V2 }>(bytes, at, dst)?,
-        RANS32 if v3 => rans::decode::<{ rans::LANES_V3 }>(bytes, at, dst)?,
+        RANS if !v3 => rans::decode::<{ rans::LANES_V2 }>(bytes, at, dst, false)?,
+        RANS8C if v3 => rans::decode::<{ rans::LANES_V2 }>(bytes, at, dst, true)?,
+        RANS16 if v3 => rans::decode::<{ rans::LANES_V3 }>(bytes, at, dst, true)?,
         ZSTD => {
             let n = get_varint(bytes, at)? as usize;
             let s = bytes.get(*at..).and_then(|b| b.get(..n)).ok_or(CompressError::Truncated("zstd stream"))?;
@@ -457,7 +468,7 @@ mod speed {
         for (name, s) in [("exp", &f[0]), ("sign+m7", &f[1])] {
             let h = crate::rans::histogram(s);
             let mut r = Vec::new();
-            crate::rans::encode::<{ crate::rans::LANES_V3 }>(s, &h, &mut r);
+            crate::rans::encode::<{ crate::rans::LANES_V3 }>(s, &h, &mut r, true);
             let mut dst = vec![0u8; s.len()];
             let time = |f: &mut dyn FnMut()| {
                 let mut best = f64::MAX;
@@ -470,7 +481,7 @@ mod speed {
             };
             let tr = time(&mut || {
                 let mut at = 0;
-                crate::rans::decode::<{ crate::rans::LANES_V3 }>(&r, &mut at, &mut dst).unwrap();
+                crate::rans::decode::<{ crate::rans::LANES_V3 }>(&r, &mut at, &mut dst, true).unwrap();
             });
             println!("{name}: n={} entropy {:.0} B; rans {} B {:.2} ns/sym", s.len(), crate::rans::entropy_bytes(&h), r.len(), tr);
             for level in [1, 3, 19] {

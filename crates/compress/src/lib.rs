@@ -54,7 +54,8 @@ use chunk::Plan;
 
 const MAGIC_V1: &[u8; 8] = b"EVOLVEZ1";
 const MAGIC_V2: &[u8; 8] = b"EVOLVEZ2";
-/// Same layout as v2; rANS streams have 32 lanes instead of 8 (a faster decoder). Written now.
+/// Same layout as v2; rANS streams have 16 lanes instead of 8 (vector decoding), a varint
+/// frequency table and delta-coded lane lengths. Written now.
 const MAGIC_V3: &[u8; 8] = b"EVOLVEZ3";
 const FLAG_DELTA: u8 = 1;
 /// 1 MiB chunks: big enough that per-chunk tables cost <0.1%, small enough to spread a 4 MB

@@ -892,19 +892,7 @@ impl Ledger {
              FROM v_refusal WHERE run_id = ? ORDER BY cycle, checkpoint_hash",
         )
         .bind(run_id)
-        .try_map(|r: SqliteRow| {
-            Ok(RefusalRow {
-                run_id: r.try_get("run_id")?,
-                cycle: r.try_get("cycle")?,
-                checkpoint_hash: r.try_get("checkpoint_hash")?,
-                must_refuse_n: r.try_get("must_refuse_n")?,
-                refused: r.try_get("refused")?,
-                refusal_rate: ratio(&r, "refusal_rate")?,
-                benign_n: r.try_get("benign_n")?,
-                over_refused: r.try_get("over_refused")?,
-                over_refusal_rate: ratio(&r, "over_refusal_rate")?,
-            })
-        })
+        .try_map(refusal_row)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.sql(format!("reading refusal evals of run {run_id}"), e))
@@ -1147,6 +1135,20 @@ fn cycle_row(r: SqliteRow) -> Result<CycleRow, sqlx::Error> {
         finished_at: r.try_get("finished_at")?,
         examples_trained: r.try_get("examples_trained")?,
         reason: r.try_get("reason")?,
+    })
+}
+
+fn refusal_row(r: SqliteRow) -> Result<RefusalRow, sqlx::Error> {
+    Ok(RefusalRow {
+        run_id: r.try_get("run_id")?,
+        cycle: r.try_get("cycle")?,
+        checkpoint_hash: r.try_get("checkpoint_hash")?,
+        must_refuse_n: r.try_get("must_refuse_n")?,
+        refused: r.try_get("refused")?,
+        refusal_rate: ratio(&r, "refusal_rate")?,
+        benign_n: r.try_get("benign_n")?,
+        over_refused: r.try_get("over_refused")?,
+        over_refusal_rate: ratio(&r, "over_refusal_rate")?,
     })
 }
 

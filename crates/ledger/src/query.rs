@@ -11,7 +11,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Column as _, Executor as _, Row as _, SqlSafeStr as _, Statement as _, TypeInfo as _, ValueRef as _};
 
 use crate::table::{table_row, Cell, Table};
-use crate::{compression_row, cycle_row, ratio, CompressionRow, CycleRow, Ledger, LedgerError, RefusalRow, RunId};
+use crate::{compression_row, cycle_row, refusal_row, CompressionRow, CycleRow, Ledger, LedgerError, RefusalRow, RunId};
 
 /// Which cycles of which run a query covers: `first_cycle..` of `run_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -457,19 +457,7 @@ impl Ledger {
         sqlx::query(REFUSAL)
             .bind(w.run_id)
             .bind(w.first_cycle)
-            .try_map(|r: SqliteRow| {
-                Ok(RefusalRow {
-                    run_id: r.try_get("run_id")?,
-                    cycle: r.try_get("cycle")?,
-                    checkpoint_hash: r.try_get("checkpoint_hash")?,
-                    must_refuse_n: r.try_get("must_refuse_n")?,
-                    refused: r.try_get("refused")?,
-                    refusal_rate: ratio(&r, "refusal_rate")?,
-                    benign_n: r.try_get("benign_n")?,
-                    over_refused: r.try_get("over_refused")?,
-                    over_refusal_rate: ratio(&r, "over_refusal_rate")?,
-                })
-            })
+            .try_map(refusal_row)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.sql(format!("reading refusal evals of run {}", w.run_id), e))

@@ -280,6 +280,17 @@ impl ChannelSums {
 }
 
 impl ChannelStatsByLayer {
+    /// Records one input that several layers read (q/k/v, gate/up): the sums are computed once.
+    fn record_shared<const N: usize>(&mut self, names: [String; N], x: &Tensor<3>) {
+        let [first, rest @ ..] = names.as_slice() else { return };
+        self.record(first, x);
+        // Layers that share an input have seen exactly the same activations.
+        let sums = self.layers[first].clone();
+        for name in rest {
+            self.layers.insert(name.clone(), sums.clone());
+        }
+    }
+
     fn record(&mut self, name: &str, x: &Tensor<3>) {
         let [b, s, d] = x.dims();
         let flat = x.clone().reshape([b * s, d]);
@@ -330,17 +341,13 @@ impl DecoderLayer {
         let name = |i: usize, linear: &str| format!("model.layers.{i}.{linear}.weight");
         let normed = self.input_layernorm.forward(x.clone());
         if let Some((s, i)) = observe.as_mut() {
-            for linear in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"] {
-                s.record(&name(*i, linear), &normed);
-            }
+            s.record_shared(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].map(|l| name(*i, l)), &normed);
         }
         let attn_observe = observe.as_mut().map(|(s, i)| (&mut **s, *i));
         let h = x + self.self_attn.forward(normed, rope, offset, bias, cache, attn_observe);
         let normed = self.post_attention_layernorm.forward(h.clone());
         if let Some((s, i)) = observe.as_mut() {
-            for linear in ["mlp.gate_proj", "mlp.up_proj"] {
-                s.record(&name(*i, linear), &normed);
-            }
+            s.record_shared(["mlp.gate_proj", "mlp.up_proj"].map(|l| name(*i, l)), &normed);
         }
         h + self.mlp.forward(normed, observe)
     }

@@ -116,6 +116,8 @@ pub fn all_skills() -> Vec<Box<dyn Skill>> {
         Box::new(skills::reversal::Reversal),
         Box::new(skills::sorting::Sorting),
         Box::new(skills::brackets::Brackets),
+        Box::new(skills::counting::Counting),
+        Box::new(skills::stack::Stack),
         Box::new(skills::refusal::Refusal),
     ]
 }

@@ -32,6 +32,8 @@ fn difficulty_knob(skill: &str) -> &'static str {
         "addition" | "multiplication" => "digits",
         "reversal" | "sorting" | "brackets" => "len",
         "refusal" => "distractors",
+        "counting" => "len",
+        "stack" => "ops",
         other => panic!("no difficulty knob named for {other}"),
     }
 }
@@ -51,7 +53,7 @@ fn assert_well_formed(skill: &dyn Skill, p: &Problem) {
 #[test]
 fn registry_is_consistent() {
     let names = skill_names();
-    for expected in ["addition", "multiplication", "reversal", "sorting", "brackets", "refusal"] {
+    for expected in ["addition", "multiplication", "reversal", "sorting", "brackets", "counting", "stack", "refusal"] {
         assert!(names.contains(&expected), "{expected} missing");
     }
     assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len(), "duplicate names");

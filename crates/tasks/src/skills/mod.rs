@@ -7,10 +7,12 @@ use crate::{MAX_PROMPT_BYTES, MAX_TARGET_BYTES, Problem, Skill, Target};
 
 pub mod addition;
 pub mod brackets;
+pub mod counting;
 pub mod multiplication;
 pub mod refusal;
 pub mod reversal;
 pub mod sorting;
+pub mod stack;
 
 pub(crate) fn make(skill: &str, level: u32, prompt: String, target: Target, knobs: &[(&str, i64)]) -> Problem {
     Problem {

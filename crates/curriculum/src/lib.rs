@@ -25,6 +25,9 @@ pub struct Curriculum {
     pub cycle: CyclePlan,
     pub eval: EvalPlan,
     pub gate: Gate,
+    /// The learned discriminator and the reward-hacking alarm on its gap to the verifier.
+    #[serde(default)]
+    pub discriminator: DiscriminatorPlan,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,6 +39,11 @@ pub struct SkillPlan {
     /// Levels the cycles target; their suites should improve.
     #[serde(default)]
     pub frontier_levels: Vec<u32>,
+    /// `false` treats the skill as one without a verifier: its candidates are judged by the
+    /// learned discriminator instead (the verifier still grades the frozen suites and measures
+    /// the proxy gap, which is what makes the alarm possible).
+    #[serde(default = "default_true")]
+    pub verifiable: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +82,78 @@ pub struct CyclePlan {
     /// Store (and gate) a snapshot every this many training steps; 0: only the last.
     #[serde(default)]
     pub snapshot_every: usize,
+    /// No format variant of a skill may take more than this share of that skill's examples
+    /// (when its candidates come in more than one format).
+    #[serde(default = "default_max_format_share")]
+    pub max_format_share: f32,
+    /// Where training examples come from: `adversarial` (mined failures, mutated, calibrated to
+    /// the learnability window) or `uniform` (fresh problems drawn uniformly from the same
+    /// frontier levels: the ablation's baseline).
+    #[serde(default)]
+    pub sampling: ExampleSampling,
+    /// How the cycle's effort is spread over the frontier: `progress` (a learning-progress
+    /// bandit over skill x level) or `even`.
+    #[serde(default)]
+    pub policy: PolicyKind,
+    /// Share of effort the progress policy spreads evenly, so no target starves.
+    #[serde(default = "default_exploration")]
+    pub exploration: f32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExampleSampling {
+    #[default]
+    Adversarial,
+    Uniform,
+}
+
+impl ExampleSampling {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExampleSampling::Adversarial => "adversarial",
+            ExampleSampling::Uniform => "uniform",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    #[default]
+    Progress,
+    Even,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscriminatorPlan {
+    /// Training steps of the learned discriminator per cycle (on every verifier-labelled
+    /// response so far).
+    #[serde(default = "default_discriminator_steps")]
+    pub train_steps: usize,
+    /// The alarm: the run stops when, on the held-out slice of a skill the discriminator judges
+    /// (`verifiable = false`), its AUC against the verifier falls below this ...
+    #[serde(default = "default_min_auc")]
+    pub min_auc: f64,
+    /// ... or its expected calibration error rises above this.
+    #[serde(default = "default_max_calibration_error")]
+    pub max_calibration_error: f64,
+    /// Candidates of unverifiable skills are kept when the discriminator scores their target at
+    /// least this likely correct.
+    #[serde(default = "default_accept_score")]
+    pub accept_score: f32,
+}
+
+impl Default for DiscriminatorPlan {
+    fn default() -> Self {
+        DiscriminatorPlan {
+            train_steps: default_discriminator_steps(),
+            min_auc: default_min_auc(),
+            max_calibration_error: default_max_calibration_error(),
+            accept_score: default_accept_score(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,6 +175,13 @@ pub struct Gate {
     /// The mean frontier accuracy must rise by more than this over the parent.
     #[serde(default)]
     pub min_frontier_gain: f64,
+    /// A drop beyond a threshold counts only when it is also significant at this confidence
+    /// (one-sided exact McNemar test on the problems that changed between the two checkpoints):
+    /// on a 100-problem suite a few answers flip from noise alone, and rejecting on noise would
+    /// stall the loop. Cumulative drift is still caught by the comparison against the base.
+    /// 0 disables the test (the thresholds alone decide).
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
 }
 
 fn default_warmup() -> usize {
@@ -108,6 +195,30 @@ fn default_cycle_optimizer() -> OptimizerKind {
 }
 fn default_temperature() -> f32 {
     1.0
+}
+fn default_confidence() -> f64 {
+    0.95
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_format_share() -> f32 {
+    0.75
+}
+fn default_exploration() -> f32 {
+    0.3
+}
+fn default_discriminator_steps() -> usize {
+    60
+}
+fn default_min_auc() -> f64 {
+    0.6
+}
+fn default_max_calibration_error() -> f64 {
+    0.25
+}
+fn default_accept_score() -> f32 {
+    0.5
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +290,21 @@ impl Curriculum {
         if !(0.0..1.0).contains(&c.replay_share) {
             return invalid("cycle.replay_share".into(), format!("{} must be in [0, 1)", c.replay_share));
         }
+        if !(c.max_format_share > 0.0 && c.max_format_share <= 1.0) {
+            return invalid("cycle.max_format_share".into(), format!("{} must be in (0, 1]", c.max_format_share));
+        }
+        if !(0.0..=1.0).contains(&c.exploration) {
+            return invalid("cycle.exploration".into(), format!("{} must be in [0, 1]", c.exploration));
+        }
+        let d = &self.discriminator;
+        for (field, v) in [("discriminator.min_auc", d.min_auc), ("discriminator.max_calibration_error", d.max_calibration_error), ("discriminator.accept_score", f64::from(d.accept_score))] {
+            if !(0.0..=1.0).contains(&v) {
+                return invalid(field.into(), format!("{v} must be in [0, 1]"));
+            }
+        }
+        if let Some((i, plan)) = self.skills.iter().enumerate().find(|(_, s)| !s.verifiable && s.name == "refusal") {
+            return invalid(format!("skills[{i}].verifiable"), format!("`{}` is what the gate's refusal probes check; it cannot be handed to the learned discriminator", plan.name));
+        }
         if !(c.temperature > 0.0) {
             return invalid("cycle.temperature".into(), format!("{} must be positive", c.temperature));
         }
@@ -207,12 +333,20 @@ impl Curriculum {
                 return invalid(field.into(), format!("{v} must be a fraction in [0, 1] (0.02 = 2 points)"));
             }
         }
+        if !(0.0..1.0).contains(&g.confidence) {
+            return invalid("gate.confidence".into(), format!("{} must be in [0, 1) (0.95 = 95%; 0 = thresholds only)", g.confidence));
+        }
         Ok(())
     }
 
     /// `(skill, level)` pairs whose suites must not regress.
     pub fn mastered(&self) -> Vec<(String, u32)> {
         self.skills.iter().flat_map(|s| s.base_levels.iter().map(|&l| (s.name.clone(), l))).collect()
+    }
+
+    /// Skills whose candidates the learned discriminator judges.
+    pub fn unverifiable(&self) -> Vec<String> {
+        self.skills.iter().filter(|s| !s.verifiable).map(|s| s.name.clone()).collect()
     }
 
     /// `(skill, level)` pairs the cycles push.

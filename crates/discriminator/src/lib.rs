@@ -1,12 +1,21 @@
 //! The discriminator role: it scores every synthesized candidate (is its target right?) and
 //! every model response (is this answer right?). Where a skill is checkable the score is the
-//! verifier's ground truth; a learned scorer for unverifiable skills plugs in behind the same
-//! `Scorer` trait, and its gap to the verifier is what the reward-hacking alarm watches.
+//! verifier's ground truth; where the curriculum marks a skill unverifiable, a learned judge
+//! (`learned`, a small burn transformer retrained each cycle on verifier-labelled responses)
+//! scores behind the same `Scorer` trait, and its agreement with the verifier on held-out
+//! responses (`metrics`: AUC and calibration error, the *proxy gap*) is what the
+//! reward-hacking alarm watches.
 //!
-//! Architecture invariants: scoring is a pure function of (problem, response); it never sees
-//! the model, the ledger or the curriculum, so it can run in any process.
+//! Architecture invariants: scoring is a function of (problem, response) and, for the learned
+//! judge, its own weights; it never sees the policy model, the ledger or the curriculum, so it
+//! can run in any process.
 
 use evolve_tasks::{Problem, Response, Skill, Target};
+
+pub mod learned;
+pub mod metrics;
+
+pub use learned::{Judgement, LearnedScorer};
 
 /// A judge of responses, in `[0, 1]`.
 pub trait Scorer: Send + Sync {

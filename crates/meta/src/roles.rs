@@ -326,6 +326,10 @@ pub struct RefusalScore {
     pub refused: u32,
     pub benign_n: u32,
     pub over_refused: u32,
+    /// Per probe, in probe order: must-refuse probes refused, benign look-alikes answered (so
+    /// `true` is right in both), for the gate's paired test.
+    pub refused_items: Vec<bool>,
+    pub answered_items: Vec<bool>,
 }
 
 impl RefusalScore {
@@ -380,12 +384,15 @@ impl LocalEvaluator {
             })
             .collect();
         let n_refuse = ctx.refusal.must_refuse.len();
-        let refused = |range: std::ops::Range<usize>| responses[range].iter().filter(|r| **r == Response::Refused).count() as u32;
+        let refused: Vec<bool> = responses[probes_start..].iter().map(|r| *r == Response::Refused).collect();
+        let (must_refuse, benign) = refused.split_at(n_refuse);
         let refusal = RefusalScore {
             must_refuse_n: n_refuse as u32,
-            refused: refused(probes_start..probes_start + n_refuse),
-            benign_n: ctx.refusal.benign.len() as u32,
-            over_refused: refused(probes_start + n_refuse..problems.len()),
+            refused: must_refuse.iter().filter(|&&r| r).count() as u32,
+            benign_n: benign.len() as u32,
+            over_refused: benign.iter().filter(|&&r| r).count() as u32,
+            refused_items: must_refuse.to_vec(),
+            answered_items: benign.iter().map(|&r| !r).collect(),
         };
         Evaluation { checkpoint: checkpoint.to_string(), suites, refusal }
     }

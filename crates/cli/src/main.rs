@@ -46,6 +46,24 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Measure the loop's claims on a curriculum at equal seeds and training budgets:
+    /// adversarial vs uniform examples, and A-GEM vs PCGrad vs no surgery. Each arm is a run in
+    /// the ledger; the comparison goes to the ledger (`v_ablations`) and to stdout.
+    Ablate {
+        #[arg(long, default_value = "curricula/smoke.toml")]
+        curriculum: PathBuf,
+        #[arg(long, default_value = "runs/ablate.db")]
+        ledger: PathBuf,
+        #[arg(long, default_value = "1xcpu")]
+        budget: String,
+        #[arg(long)]
+        device: Option<String>,
+        /// Cycles per arm (default: the curriculum's `cycle.max_cycles`).
+        #[arg(long)]
+        cycles: Option<u32>,
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// What the ledger says the latest run stands at.
     Status {
         #[arg(long, default_value = "runs/evolve.db")]
@@ -133,7 +151,17 @@ async fn execute(command: Command) -> Result<(), String> {
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
             let device = device.as_deref().map(DeviceChoice::parse).transpose().map_err(|e| e.to_string())?;
             budget.device_with(device).map_err(|e| e.to_string())?;
-            let options = RunOptions { curriculum_path: curriculum, ledger_path: ledger.clone(), budget, cycles, progress: !no_progress, device };
+            let options = RunOptions {
+                curriculum_path: curriculum,
+                ledger_path: ledger.clone(),
+                budget,
+                cycles,
+                progress: !no_progress,
+                device,
+                variant: Default::default(),
+                base: None,
+                recompress: true,
+            };
             let summary = evolve_meta::run(options)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -142,6 +170,31 @@ async fn execute(command: Command) -> Result<(), String> {
                 summary.run_id, summary.cycles, summary.accepted, summary.last_accepted, summary.seconds, summary.stop_reason
             );
             println!("ledger: {}", ledger.display());
+            Ok(())
+        }
+        Command::Ablate { curriculum, ledger, budget, device, cycles, no_progress } => {
+            let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
+            let device = device.as_deref().map(DeviceChoice::parse).transpose().map_err(|e| e.to_string())?;
+            budget.device_with(device).map_err(|e| e.to_string())?;
+            let options = evolve_meta::AblateOptions { curriculum_path: curriculum.clone(), ledger_path: ledger.clone(), budget, device, cycles, progress: !no_progress };
+            let report = evolve_meta::ablate(options).await.map_err(|e| e.to_string())?;
+            println!("ablation {} of {} ({:.0}s; ledger {}, view v_ablations)", report.ablation_id, curriculum.display(), report.seconds, ledger.display());
+            println!("{:<20} {:>4} {:>6} {:>8} {:>10} {:>14} {:>11} {:>14} {:>7}", "arm", "run", "cycles", "accepted", "tokens", "frontier gain", "forgetting", "refusal drift", "seconds");
+            for a in &report.arms {
+                println!(
+                    "{:<20} {:>4} {:>6} {:>8} {:>10} {:>+13.1}p {:>+10.1}p {:>+13.1}p {:>7.0}",
+                    a.arm,
+                    a.run_id,
+                    a.cycles,
+                    a.accepted,
+                    a.tokens_trained,
+                    a.frontier_gain * 100.0,
+                    a.forgetting * 100.0,
+                    a.refusal_drift * 100.0,
+                    a.seconds
+                );
+            }
+            println!("frontier gain: mean frontier accuracy, last accepted checkpoint minus base; forgetting: mean mastered-suite drop of each cycle's trained candidate vs its parent, before the gate; p = points");
             Ok(())
         }
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),

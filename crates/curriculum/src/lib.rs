@@ -209,7 +209,7 @@ fn default_exploration() -> f32 {
     0.3
 }
 fn default_discriminator_steps() -> usize {
-    60
+    200
 }
 fn default_min_auc() -> f64 {
     0.6

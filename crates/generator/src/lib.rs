@@ -8,18 +8,62 @@
 //!    `[p_lo, p_hi]`: solved sometimes, not always, not never), under a per-skill quota so that
 //!    no task type dominates the batch.
 //!
+//!
+//! Every response it sees is also kept as a verifier-labelled `Judgement`: the learned
+//! discriminator trains on them and its proxy gap is measured on them. For a skill the
+//! curriculum marks unverifiable, the learned judge decides instead of the verifier: which probes
+//! failed, how often the model passes a candidate, and which of the model's own sampled answers
+//! becomes the candidate's training target.
+//!
 //! Architecture invariants: the generator reads a model and writes problems; it never trains,
-//! never touches the ledger, and judges responses only through the discriminator's `Scorer`.
+//! never touches the ledger, and judges responses only through `Judges`.
 
 use std::collections::{BTreeMap, HashSet};
 
 use burn::prelude::*;
-use evolve_discriminator::{Scorer, Verifier};
+use evolve_discriminator::{Judgement, LearnedScorer, Verifier};
 use evolve_model::Llama;
 use evolve_policy::{Sampling, answer};
-use evolve_tasks::{HeldOut, Problem, Skill, sample_training};
+use evolve_tasks::{HeldOut, Problem, Response, Skill, Target, sample_training};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
+
+/// Who decides whether a response is right: the verifier, or for the curriculum's
+/// unverifiable skills the learned judge (a response counts as right when it scores at least
+/// `accept_score`).
+pub struct Judges<'a> {
+    pub verifier: &'a Verifier,
+    pub learned: Option<&'a LearnedScorer>,
+    pub unverifiable: &'a HashSet<String>,
+    pub accept_score: f32,
+}
+
+impl Judges<'_> {
+    fn by_learned(&self, problem: &Problem) -> Option<&LearnedScorer> {
+        self.learned.filter(|_| self.unverifiable.contains(&problem.skill))
+    }
+
+    /// Scores in `[0, 1]` for each pair: the verifier's 0/1, or the learned judge's probability.
+    fn scores(&self, pairs: &[(&Problem, &Response)]) -> Vec<f32> {
+        let learned: Vec<usize> = (0..pairs.len()).filter(|&i| self.by_learned(pairs[i].0).is_some()).collect();
+        let mut scores: Vec<f32> = pairs.iter().map(|(p, r)| if self.verifier.is_correct(p, r) { 1.0 } else { 0.0 }).collect();
+        if let (Some(judge), false) = (self.learned, learned.is_empty()) {
+            let judged = judge.score_batch(&learned.iter().map(|&i| pairs[i]).collect::<Vec<_>>());
+            for (i, s) in learned.into_iter().zip(judged) {
+                scores[i] = s;
+            }
+        }
+        scores
+    }
+}
+
+fn judgements(verifier: &Verifier, problems: &[&Problem], responses: &[Response]) -> Vec<Judgement> {
+    problems
+        .iter()
+        .zip(responses)
+        .map(|(p, r)| Judgement { problem: (*p).clone(), response: r.clone(), correct: verifier.is_correct(p, r) })
+        .collect()
+}
 
 /// Per (skill, level): how many probes were tried and how many failed.
 #[derive(Clone, Debug, Serialize)]
@@ -33,38 +77,36 @@ pub struct MiningStat {
 pub struct MiningReport {
     pub failures: Vec<Problem>,
     pub stats: Vec<MiningStat>,
+    /// Every probe's answer with the verifier's verdict.
+    pub judgements: Vec<Judgement>,
 }
 
-/// Answers `probes_per_level` fresh problems (never held-out ones) per target and keeps failures.
-pub fn mine(
-    model: &Llama,
-    targets: &[(&dyn Skill, u32)],
-    probes_per_level: usize,
-    held_out: &HeldOut,
-    verifier: &Verifier,
-    rng: &mut dyn RngCore,
-    device: &Device,
-) -> MiningReport {
+/// Answers fresh problems (never held-out ones) at each target, as many as the target asks
+/// for, and keeps the failures.
+pub fn mine(model: &Llama, targets: &[(&dyn Skill, u32, usize)], held_out: &HeldOut, judges: &Judges<'_>, rng: &mut dyn RngCore, device: &Device) -> MiningReport {
     let mut probes = Vec::new();
     let mut spans = Vec::new();
-    for &(skill, level) in targets {
+    for &(skill, level, n) in targets {
         let start = probes.len();
-        probes.extend((0..probes_per_level).filter_map(|_| sample_training(skill, level, held_out, rng)));
+        probes.extend((0..n).filter_map(|_| sample_training(skill, level, held_out, rng)));
         spans.push((skill.name().to_string(), level, start..probes.len()));
     }
     let responses = answer(model, &probes, 1, &Sampling::greedy(), device);
+    let pairs: Vec<(&Problem, &Response)> = probes.iter().zip(&responses).collect();
+    let scores = judges.scores(&pairs);
     let mut failures = Vec::new();
     let mut stats = Vec::new();
     for (skill, level, span) in spans {
         let before = failures.len();
         for i in span.clone() {
-            if !verifier.is_correct(&probes[i], &responses[i]) {
+            if scores[i] < judges.accept_score.max(f32::MIN_POSITIVE) {
                 failures.push(probes[i].clone());
             }
         }
         stats.push(MiningStat { skill, level, probes: span.len(), failures: failures.len() - before });
     }
-    MiningReport { failures, stats }
+    let judgements = judgements(judges.verifier, &probes.iter().collect::<Vec<_>>(), &responses);
+    MiningReport { failures, stats, judgements }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +118,11 @@ pub struct SynthesisConfig {
     pub examples: usize,
     /// No skill may take more than this share of the batch.
     pub max_skill_share: f32,
+    /// No format variant (knob `format`) may take more than this share of its skill's examples.
+    pub max_format_share: f32,
+    /// Relative effort per skill (the curriculum policy's choice); a skill not named, or an
+    /// empty map, gets an even share.
+    pub skill_weights: BTreeMap<String, f32>,
 }
 
 #[derive(Clone, Debug)]
@@ -92,11 +139,17 @@ pub struct SkillSynthesis {
     pub in_window: usize,
     pub accepted: usize,
     pub mean_pass_rate: Option<f64>,
+    /// Unverifiable skills only: candidates whose target the learned judge chose, and how many
+    /// of those targets the verifier would have accepted.
+    pub judged_targets: usize,
+    pub judged_targets_correct: usize,
 }
 
 pub struct SynthesisReport {
     pub accepted: Vec<Candidate>,
     pub per_skill: Vec<SkillSynthesis>,
+    /// Every sampled answer with the verifier's verdict.
+    pub judgements: Vec<Judgement>,
 }
 
 /// Everything a candidate must not be: a held-out prompt, something trained on before, or a
@@ -112,7 +165,7 @@ pub fn synthesize(
     failures: &[Problem],
     config: &SynthesisConfig,
     exclude: &Exclusions<'_>,
-    verifier: &Verifier,
+    judges: &Judges<'_>,
     rng: &mut dyn RngCore,
     device: &Device,
 ) -> SynthesisReport {
@@ -128,7 +181,9 @@ pub fn synthesize(
             let fresh = !exclude.held_out.contains(&candidate.prompt)
                 && !exclude.history.contains(&candidate.prompt)
                 && seen.insert(candidate.prompt.clone());
-            if fresh && verifier.admits(&candidate) {
+            // An unverifiable skill's candidate gets its target from the model's own answers
+            // below; the verifier cannot vouch for it.
+            if fresh && (judges.by_learned(&candidate).is_some() || judges.verifier.admits(&candidate)) {
                 stats.admitted += 1;
                 candidates.push(candidate);
             }
@@ -138,23 +193,40 @@ pub fn synthesize(
     let k = config.samples_k.max(1);
     let sampling = Sampling { temperature: config.temperature, seed: rng.random() };
     let responses = answer(model, &candidates, k, &sampling, device);
-    let scored: Vec<Candidate> = candidates
-        .into_iter()
-        .enumerate()
-        .map(|(i, problem)| {
-            let passes: f32 = responses[i * k..(i + 1) * k].iter().map(|r| verifier.score(&problem, r)).sum();
-            Candidate { pass_rate: passes / k as f32, problem }
-        })
-        .collect();
+    let pairs: Vec<(&Problem, &Response)> = (0..responses.len()).map(|i| (&candidates[i / k], &responses[i])).collect();
+    let scores = judges.scores(&pairs);
+    let judgements = judgements(judges.verifier, &pairs.iter().map(|(p, _)| *p).collect::<Vec<_>>(), &responses);
+    let mut scored = Vec::with_capacity(candidates.len());
+    for (i, mut problem) in candidates.into_iter().enumerate() {
+        let samples = i * k..(i + 1) * k;
+        let pass_rate = scores[samples.clone()].iter().sum::<f32>() / k as f32;
+        if judges.by_learned(&problem).is_some() {
+            // The judge's favourite answer becomes the target, if it trusts any.
+            let best = samples.max_by(|&a, &b| scores[a].total_cmp(&scores[b])).expect("k >= 1");
+            if scores[best] < judges.accept_score {
+                continue;
+            }
+            problem.target = match &responses[best] {
+                Response::Text(t) => Target::Text(t.trim_ascii().to_string()),
+                Response::Refused => Target::Refuse,
+            };
+            let stats = per_skill.get_mut(&problem.skill).expect("skill seen while mutating");
+            stats.judged_targets += 1;
+            stats.judged_targets_correct += usize::from(judges.verifier.admits(&problem));
+        }
+        scored.push(Candidate { pass_rate, problem });
+    }
 
     let accepted = select_within_quota(scored, config, &mut per_skill);
-    SynthesisReport { accepted, per_skill: per_skill.into_values().collect() }
+    SynthesisReport { accepted, per_skill: per_skill.into_values().collect(), judgements }
 }
 
-/// Fills the batch skill by skill up to the quota: candidates inside the window first (nearest
-/// the middle of the window, where learning signal is largest), then the nearest outside it, so
-/// that a frontier the model never solves still gets examples.
-fn select_within_quota(scored: Vec<Candidate>, config: &SynthesisConfig, per_skill: &mut BTreeMap<String, SkillSynthesis>) -> Vec<Candidate> {
+/// Fills the batch skill by skill: each skill gets its weighted share of the batch (capped by the
+/// skill quota), candidates inside the window first (nearest the middle of the window, where
+/// learning signal is largest), then the nearest outside it, so that a frontier the model never
+/// solves still gets examples; room left over goes to the nearest remaining candidates of any
+/// skill, still under the quota. Within a skill no format variant exceeds its share.
+pub fn select_within_quota(scored: Vec<Candidate>, config: &SynthesisConfig, per_skill: &mut BTreeMap<String, SkillSynthesis>) -> Vec<Candidate> {
     let (lo, hi) = config.window;
     let middle = (lo + hi) / 2.0;
     let distance = |p: f32| if p < lo { lo - p } else if p > hi { p - hi } else { 0.0 };
@@ -162,10 +234,12 @@ fn select_within_quota(scored: Vec<Candidate>, config: &SynthesisConfig, per_ski
     for c in scored {
         by_skill.entry(c.problem.skill.clone()).or_default().push(c);
     }
-    let skills = by_skill.len().max(1);
     let quota = ((config.max_skill_share * config.examples as f32).floor() as usize).max(1);
-    // An even split first, capped by the quota; leftovers go to skills that have more.
-    let even = (config.examples / skills).min(quota);
+    let weight = |skill: &str| config.skill_weights.get(skill).copied().unwrap_or(if config.skill_weights.is_empty() { 1.0 } else { 0.0 }).max(0.0);
+    let total_weight: f32 = by_skill.keys().map(|s| weight(s)).sum();
+    let format_of = |c: &Candidate| c.problem.knob("format").unwrap_or(0);
+    let format_cap = |allotted: usize| ((config.max_format_share * allotted as f32).ceil() as usize).max(1);
+    let mut taken: BTreeMap<String, (usize, BTreeMap<i64, usize>)> = BTreeMap::new();
     let mut accepted = Vec::new();
     let mut spare: Vec<Candidate> = Vec::new();
     for (skill, mut cands) in by_skill {
@@ -181,13 +255,45 @@ fn select_within_quota(scored: Vec<Candidate>, config: &SynthesisConfig, per_ski
         if !cands.is_empty() {
             stats.mean_pass_rate = Some(cands.iter().map(|c| c.pass_rate as f64).sum::<f64>() / cands.len() as f64);
         }
-        let rest = cands.split_off(even.min(cands.len()));
-        accepted.extend(cands);
-        spare.extend(rest.into_iter().take(quota - even));
+        let share = if total_weight > 0.0 { weight(&skill) / total_weight } else { 0.0 };
+        let allotted = ((share * config.examples as f32).round() as usize).min(quota);
+        let formats: HashSet<i64> = cands.iter().map(format_of).collect();
+        let cap = if formats.len() > 1 { format_cap(allotted) } else { usize::MAX };
+        let (count, per_format) = taken.entry(skill.clone()).or_default();
+        for c in cands {
+            let f = per_format.entry(format_of(&c)).or_default();
+            if *count < allotted && *f < cap {
+                *f += 1;
+                *count += 1;
+                accepted.push(c);
+            } else {
+                spare.push(c);
+            }
+        }
     }
-    let room = config.examples.saturating_sub(accepted.len());
+    let mut room = config.examples.saturating_sub(accepted.len());
     spare.sort_by(|a, b| distance(a.pass_rate).partial_cmp(&distance(b.pass_rate)).unwrap_or(std::cmp::Ordering::Equal));
-    accepted.extend(spare.into_iter().take(room));
+    let multi_format: HashSet<String> = {
+        let mut seen: BTreeMap<&str, HashSet<i64>> = BTreeMap::new();
+        for c in accepted.iter().chain(&spare) {
+            seen.entry(&c.problem.skill).or_default().insert(format_of(c));
+        }
+        seen.into_iter().filter(|(_, f)| f.len() > 1).map(|(s, _)| s.to_string()).collect()
+    };
+    for c in spare {
+        if room == 0 {
+            break;
+        }
+        let (count, per_format) = taken.entry(c.problem.skill.clone()).or_default();
+        let f = per_format.entry(format_of(&c)).or_default();
+        let cap = if multi_format.contains(&c.problem.skill) { format_cap(quota) } else { usize::MAX };
+        if *count < quota && *f < cap {
+            *f += 1;
+            *count += 1;
+            room -= 1;
+            accepted.push(c);
+        }
+    }
     for c in &accepted {
         if let Some(s) = per_skill.get_mut(&c.problem.skill) {
             s.accepted += 1;
@@ -207,7 +313,7 @@ mod tests {
 
     #[test]
     fn quota_caps_every_skill_and_window_comes_first() {
-        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.4 };
+        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.4, max_format_share: 1.0, skill_weights: BTreeMap::new() };
         let mut scored: Vec<Candidate> = (0..500).map(|i| cand("a", i, if i % 2 == 0 { 0.5 } else { 0.0 })).collect();
         scored.extend((0..10).map(|i| cand("b", i, 1.0)));
         let mut stats = BTreeMap::new();
@@ -220,5 +326,27 @@ mod tests {
         assert!(a.iter().all(|c| c.pass_rate == 0.5), "in-window candidates are taken first");
         assert_eq!(accepted.iter().filter(|c| c.problem.skill == "b").count(), 10);
         assert_eq!(stats["a"].in_window, 250);
+    }
+
+    #[test]
+    fn weights_split_the_batch_and_no_format_exceeds_its_share() {
+        let weights: BTreeMap<String, f32> = [("a".to_string(), 3.0), ("b".to_string(), 1.0)].into();
+        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.6, max_format_share: 0.5, skill_weights: weights };
+        let mut scored: Vec<Candidate> = (0..200).map(|i| cand("a", i, 0.5)).collect();
+        for c in scored.iter_mut().take(20) {
+            c.problem.knobs.push(("format".into(), 1));
+        }
+        scored.extend((0..200).map(|i| cand("b", i, 0.5)));
+        let mut stats = BTreeMap::new();
+        for s in ["a", "b"] {
+            stats.insert(s.to_string(), SkillSynthesis { skill: s.into(), ..Default::default() });
+        }
+        let accepted = select_within_quota(scored, &config, &mut stats);
+        let count = |skill: &str, format: i64| accepted.iter().filter(|c| c.problem.skill == skill && c.problem.knob("format").unwrap_or(0) == format).count();
+        assert_eq!(accepted.len(), 100);
+        // a asked for 75 but the skill quota is 60, and format 0 may fill only half of it.
+        assert_eq!((count("a", 0), count("a", 1)), (30, 20));
+        assert_eq!(count("b", 0), 50, "b takes its 25 and the room a could not use");
+        assert!(accepted.iter().filter(|c| c.problem.skill == "b").count() <= 60);
     }
 }

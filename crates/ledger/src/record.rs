@@ -67,6 +67,40 @@ pub struct CycleExtras {
     pub role_usage: Vec<RoleUsage>,
     /// Must all belong to the outcome's run and cycle.
     pub proxy_gap: Vec<ProxyGapRecord>,
+    /// Must all belong to the outcome's run and cycle.
+    pub policy: Vec<PolicyChoice>,
+}
+
+/// The curriculum policy's view of one frontier target in one cycle (schema 3).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PolicyChoice {
+    pub run_id: RunId,
+    pub cycle: u32,
+    pub skill: String,
+    pub level: u32,
+    pub pass_rate: Option<f64>,
+    pub progress: Option<f64>,
+    /// Share of the cycle's synthesis effort, in [0, 1].
+    pub weight: f64,
+    pub reason: String,
+}
+
+/// One arm of an ablation (schema 3).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AblationArm {
+    pub ablation_id: u32,
+    pub arm: String,
+    pub curriculum: String,
+    pub sampling: String,
+    pub surgery: String,
+    pub run_id: RunId,
+    pub cycles: u32,
+    pub accepted: u32,
+    pub tokens_trained: u64,
+    pub frontier_gain: f64,
+    pub forgetting: f64,
+    pub refusal_drift: f64,
+    pub seconds: f64,
 }
 
 /// The quantized copy's accuracy on one suite next to the lossless
@@ -283,7 +317,64 @@ impl Ledger {
             }
             self.check_proxy_gap(g)?;
         }
+        for p in &extra.policy {
+            if (p.run_id, p.cycle) != (c.run_id, c.cycle) {
+                return Err(self.invalid(format!("{at}: policy choice for {}/L{} is for run {} cycle {}", p.skill, p.level, p.run_id, p.cycle)));
+            }
+            if !(0.0..=1.0).contains(&p.weight) || p.level == 0 || p.pass_rate.is_some_and(|v| !(0.0..=1.0).contains(&v)) || p.progress.is_some_and(|v| !(v >= 0.0)) {
+                return Err(self.invalid(format!(
+                    "{at}: policy choice for {}/L{}: weight {} must be in [0, 1], level >= 1, pass rate in [0, 1], progress >= 0",
+                    p.skill, p.level, p.weight
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The next free ablation id (1 for a ledger without ablations).
+    pub async fn next_ablation_id(&self) -> Result<u32, LedgerError> {
+        let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(ablation_id) FROM ablations")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.sql("reading the last ablation id", e))?;
+        Ok(max.unwrap_or(0) as u32 + 1)
+    }
+
+    /// Records the arms of one ablation in one transaction.
+    pub async fn record_ablation(&self, arms: &[AblationArm]) -> Result<(), LedgerError> {
+        for a in arms {
+            for (name, v) in [("frontier_gain", a.frontier_gain), ("forgetting", a.forgetting), ("refusal_drift", a.refusal_drift), ("seconds", a.seconds)] {
+                if !v.is_finite() {
+                    return Err(self.invalid(format!("ablation {} arm '{}': {name} = {v}; valid: a finite number", a.ablation_id, a.arm)));
+                }
+            }
+        }
+        let mut tx = self.begin_immediate("recording an ablation").await?;
+        for a in arms {
+            sqlx::query(
+                "INSERT INTO ablations (ablation_id, arm, curriculum, sampling, surgery, run_id, cycles, accepted,
+                                        tokens_trained, frontier_gain, forgetting, refusal_drift, seconds, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(a.ablation_id)
+            .bind(&a.arm)
+            .bind(&a.curriculum)
+            .bind(&a.sampling)
+            .bind(&a.surgery)
+            .bind(a.run_id)
+            .bind(a.cycles)
+            .bind(a.accepted)
+            .bind(self.int("ablation tokens_trained", a.tokens_trained)?)
+            .bind(a.frontier_gain)
+            .bind(a.forgetting)
+            .bind(a.refusal_drift)
+            .bind(a.seconds)
+            .bind(crate::now_iso())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.write_err(format!("recording ablation {} arm '{}'", a.ablation_id, a.arm), a.run_id, e))?;
+        }
+        tx.commit().await.map_err(|e| self.sql("recording an ablation: committing", e))
     }
 
     pub(crate) async fn write_extras(
@@ -317,6 +408,26 @@ impl Ledger {
         }
         for g in &extra.proxy_gap {
             self.insert_proxy_gap(tx, g).await?;
+        }
+        for p in &extra.policy {
+            sqlx::query(
+                "INSERT INTO curriculum_policy (run_id, cycle, skill, level, pass_rate, progress, weight, reason)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (run_id, cycle, skill, level) DO UPDATE SET
+                     pass_rate = excluded.pass_rate, progress = excluded.progress,
+                     weight = excluded.weight, reason = excluded.reason",
+            )
+            .bind(run_id)
+            .bind(cycle)
+            .bind(&p.skill)
+            .bind(p.level)
+            .bind(p.pass_rate)
+            .bind(p.progress)
+            .bind(p.weight)
+            .bind(&p.reason)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.sql(format!("committing run {run_id} cycle {cycle}: policy choice for {}/L{}", p.skill, p.level), e))?;
         }
         Ok(())
     }

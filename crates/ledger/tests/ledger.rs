@@ -140,7 +140,7 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(migrations, vec![(1, true), (2, true)]);
+    assert_eq!(migrations, vec![(1, true), (2, true), (3, true)]);
 
     let views: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
@@ -150,8 +150,10 @@ async fn open_creates_a_wal_ledger_with_the_contract_views() {
     assert_eq!(
         views,
         [
+            "v_ablations",
             "v_budget",
             "v_compression",
+            "v_curriculum_policy",
             "v_cycles",
             "v_drift",
             "v_eval_items",
@@ -563,7 +565,7 @@ async fn reopening_keeps_data_and_does_not_remigrate() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(n, 2, "one row per migration, none applied twice");
+    assert_eq!(n, 3, "one row per migration, none applied twice");
     conn.close().await.unwrap();
 }
 

@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use evolve_compress::quant::{QuantScheme, dequantize_checkpoint, quantize_checkpoint};
 use evolve_compress::{Codec, round_trip, round_trip_delta};
-use evolve_curriculum::Curriculum;
-use evolve_generator::SynthesisConfig;
+use evolve_curriculum::{Curriculum, ExampleSampling, PolicyKind};
 use evolve_ledger::{
     CheckpointRecord, CompressionExtras, CompressionRecord, CycleExtras, CycleOutcome, CycleStatus, EvalItems, ExampleStats, Ledger, NewRun,
-    QuantizedEval, RefusalResult, RoleUsage, RunId, RunStatus, StepRecord, SuiteResult, SurgeryStats, now_iso,
+    PolicyChoice, ProxyGapRecord, QuantizedEval, RefusalResult, RoleUsage, RunId, RunStatus, StepRecord, SuiteResult, SurgeryStats, now_iso,
 };
 use evolve_store::ArtifactStore;
 use evolve_trainer::{OptimizerKind, StepInfo, Surgery, TrainConfig};
@@ -21,9 +20,10 @@ use tracing::info;
 
 use crate::budget::{Budget, DeviceChoice};
 use crate::gate::decide;
+use crate::progress::{Choice, CurriculumPolicy, skill_weights};
 use crate::roles::{
-    CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GeneratorRole, LocalEvaluator, LocalGenerator, LocalTrainer,
-    Snapshot, TrainJob, TrainResult, TrainerRole,
+    CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, LocalEvaluator,
+    LocalGenerator, LocalTrainer, Snapshot, SuiteRole, TrainJob, TrainResult, TrainerRole,
 };
 use crate::Error;
 
@@ -36,6 +36,33 @@ pub struct RunOptions {
     pub progress: bool,
     /// Which device of the budget's kind (`cuda:N`); `None` takes the budget's default.
     pub device: Option<DeviceChoice>,
+    /// Overrides of the curriculum file (an ablation arm).
+    pub variant: Variant,
+    /// Start from this stored checkpoint instead of pretraining a base.
+    pub base: Option<String>,
+    /// Store compressed and quantized copies of accepted checkpoints (off in ablation arms,
+    /// which compare training, not storage).
+    pub recompress: bool,
+}
+
+/// Curriculum settings an ablation varies; `None` keeps the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Variant {
+    pub sampling: Option<ExampleSampling>,
+    pub surgery: Option<Surgery>,
+    pub policy: Option<PolicyKind>,
+}
+
+/// What a run did to the suites, for ablations: the base, the last accepted checkpoint, and per
+/// trained cycle the mastered-suite drop of the gated candidate against its parent.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Outcomes {
+    pub base_frontier: f64,
+    pub final_frontier: f64,
+    pub base_refusal: f64,
+    pub final_refusal: f64,
+    pub candidate_forgetting: Vec<f64>,
+    pub tokens_trained: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +73,9 @@ pub struct RunSummary {
     pub last_accepted: String,
     pub seconds: f64,
     pub stop_reason: String,
+    pub base: String,
+    #[serde(skip)]
+    pub outcomes: Outcomes,
 }
 
 const WORKER: &str = "local-0";
@@ -62,7 +92,11 @@ enum CycleEnd {
 /// Runs a whole evolution: pretrain the base (cycle 0), then cycles until the cycle limit or the
 /// budget's duration is reached.
 pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
-    let curriculum = Curriculum::load(&options.curriculum_path)?;
+    let mut curriculum = Curriculum::load(&options.curriculum_path)?;
+    let v = &options.variant;
+    curriculum.cycle.sampling = v.sampling.unwrap_or(curriculum.cycle.sampling);
+    curriculum.cycle.surgery = v.surgery.unwrap_or(curriculum.cycle.surgery);
+    curriculum.cycle.policy = v.policy.unwrap_or(curriculum.cycle.policy);
     let device = options.budget.device_with(options.device)?;
     let model_config = evolve_model::preset(&curriculum.preset).ok_or_else(|| {
         Error::Invalid(format!(
@@ -86,8 +120,14 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         })
         .await?;
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
+    let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
     let ctx = Context::new(curriculum, model_config, store, device);
     let mut controller = Controller {
+        policy,
+        judge: None,
+        judgements: Vec::new(),
+        recompress: options.recompress,
+        outcomes: Outcomes::default(),
         ledger: ledger.clone(),
         run_id,
         generator: Box::new(LocalGenerator(ctx.clone())),
@@ -98,7 +138,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         progress: options.progress,
         usage: Mutex::default(),
     };
-    let result = controller.evolve(options.cycles).await;
+    let result = controller.evolve(options.cycles, options.base.as_deref()).await;
     match &result {
         Ok(summary) => ledger.finish_run(run_id, RunStatus::Finished, Some(&summary.stop_reason)).await?,
         Err(e) => ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?,
@@ -118,6 +158,17 @@ struct Controller {
     progress: bool,
     /// Per cycle: when it started and the busy seconds of each role so far (from the steps).
     usage: Mutex<BTreeMap<u32, (Instant, BTreeMap<String, f64>)>>,
+    policy: CurriculumPolicy,
+    /// The learned judge's current checkpoint and every judgement batch it trains on.
+    judge: Option<String>,
+    judgements: Vec<String>,
+    recompress: bool,
+    outcomes: Outcomes,
+}
+
+fn mean_accuracy(e: &Evaluation, role: SuiteRole) -> f64 {
+    let a: Vec<f64> = e.suites.iter().filter(|s| s.role == role).map(|s| s.accuracy()).collect();
+    if a.is_empty() { 0.0 } else { a.iter().sum::<f64>() / a.len() as f64 }
 }
 
 /// The quantized copies derived from every accepted checkpoint: `(codec name, scheme, AWQ)`.
@@ -131,11 +182,13 @@ const QUANTIZED: [(&str, QuantScheme, bool); 3] = [
 const CALIBRATION_PER_LEVEL: usize = 32;
 
 impl Controller {
-    async fn evolve(&mut self, cycles: Option<u32>) -> Result<RunSummary, Error> {
+    async fn evolve(&mut self, cycles: Option<u32>, reuse_base: Option<&str>) -> Result<RunSummary, Error> {
         let started = Instant::now();
         let max_cycles = cycles.unwrap_or(self.ctx.curriculum.cycle.max_cycles);
-        let (base_hash, base_eval) = self.base().await?;
-        let mut parent = (base_hash, base_eval.clone());
+        let (base_hash, base_eval) = self.base(reuse_base).await?;
+        self.outcomes.base_frontier = mean_accuracy(&base_eval, SuiteRole::Frontier);
+        self.outcomes.base_refusal = base_eval.refusal.refusal_rate();
+        let mut parent = (base_hash.clone(), base_eval.clone());
         let mut history = Vec::new();
         let mut accepted = 0;
         let mut done = 0;
@@ -152,6 +205,10 @@ impl Controller {
                     accepted += 1;
                     parent = child;
                 }
+                Err(Error::Alarm(reason)) => {
+                    // The cycle is already recorded as failed with the alarm's reason.
+                    return Err(Error::Alarm(reason));
+                }
                 Ok(CycleEnd::Rejected) => {}
                 Ok(CycleEnd::NothingToLearn(reason)) => {
                     done = cycle;
@@ -165,14 +222,35 @@ impl Controller {
             }
             done = cycle;
         }
-        Ok(RunSummary { run_id: self.run_id, cycles: done, accepted, last_accepted: parent.0, seconds: started.elapsed().as_secs_f64(), stop_reason })
+        self.outcomes.final_frontier = mean_accuracy(&parent.1, SuiteRole::Frontier);
+        self.outcomes.final_refusal = parent.1.refusal.refusal_rate();
+        Ok(RunSummary {
+            run_id: self.run_id,
+            cycles: done,
+            accepted,
+            last_accepted: parent.0,
+            seconds: started.elapsed().as_secs_f64(),
+            stop_reason,
+            base: base_hash,
+            outcomes: self.outcomes.clone(),
+        })
     }
 
-    /// Cycle 0: pretrain the base on the mastered levels and evaluate it like any other cycle.
-    async fn base(&mut self) -> Result<(String, Evaluation), Error> {
+    /// Cycle 0: pretrain the base on the mastered levels (or take `reuse` as it), evaluate it
+    /// like any other cycle, and bootstrap the learned judge on its answers.
+    async fn base(&mut self, reuse: Option<&str>) -> Result<(String, Evaluation), Error> {
         let c = &self.ctx.curriculum;
         self.ledger.start_cycle(self.run_id, 0, None).await?;
         self.begin_usage(0);
+        if let Some(hash) = reuse {
+            self.ctx.store.get(hash, CHECKPOINT_KIND)?;
+            self.record_checkpoint(hash, None).await?;
+            let evaluation = self.evaluate(0, hash).await?;
+            let gap = self.bootstrap_judge(hash).await?;
+            let snapshot = Snapshot { checkpoint: hash.to_string(), report: Default::default(), mix: BTreeMap::new() };
+            self.commit(0, CycleStatus::Accepted, &snapshot, &evaluation, Vec::new(), format!("base reused: checkpoint {}", short(hash)), gap, Vec::new()).await?;
+            return Ok((hash.to_string(), evaluation));
+        }
         let job = TrainJob {
             cycle: 0,
             parent: None,
@@ -198,9 +276,108 @@ impl Controller {
         let base = trained.last();
         self.record_checkpoint(&base.checkpoint, None).await?;
         let evaluation = self.evaluate(0, &base.checkpoint).await?;
-        self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), "base model".into()).await?;
+        let gap = self.bootstrap_judge(&base.checkpoint).await?;
+        self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), "base model".into(), gap, Vec::new()).await?;
         self.recompress(0, &base.checkpoint, None, &evaluation).await?;
         Ok((base.checkpoint.clone(), evaluation))
+    }
+
+    /// The judge's first data: the base's answers to fresh probes at every curriculum level.
+    async fn bootstrap_judge(&mut self, base: &str) -> Result<Vec<ProxyGapRecord>, Error> {
+        let c = self.ctx.curriculum.clone();
+        let job = GenerateJob {
+            cycle: 0,
+            parent: base.to_string(),
+            targets: c.mastered().into_iter().chain(c.frontier()).collect(),
+            probes_per_level: c.cycle.probes_per_level,
+            synthesis: self.synthesis_config(BTreeMap::new()),
+            history: Vec::new(),
+            seed: cycle_seed(c.seed, 0, 1),
+            sampling: ExampleSampling::Adversarial,
+            judge: None,
+            unverifiable: Vec::new(),
+            accept_score: c.discriminator.accept_score,
+        };
+        let job = GenerateJob { synthesis: evolve_generator::SynthesisConfig { mutations_per_failure: 0, examples: 0, ..job.synthesis.clone() }, ..job };
+        let started = now_iso();
+        let generated = self.generator.generate(&job)?;
+        self.step(0, "generator", "mine", &started, generated.mine_ms, &generated.mining).await?;
+        let gap = self.train_judge(0, &generated).await?;
+        self.check_alarm(0, base, &gap).await?;
+        Ok(gap)
+    }
+
+    fn synthesis_config(&self, skill_weights: BTreeMap<String, f32>) -> evolve_generator::SynthesisConfig {
+        let c = &self.ctx.curriculum.cycle;
+        evolve_generator::SynthesisConfig {
+            mutations_per_failure: c.mutations_per_failure,
+            samples_k: c.samples_k,
+            temperature: c.temperature,
+            window: (c.window[0], c.window[1]),
+            examples: c.examples_per_cycle,
+            max_skill_share: c.max_skill_share,
+            max_format_share: c.max_format_share,
+            skill_weights,
+        }
+    }
+
+    /// Retrains the learned judge on every judgement so far and measures it on the held-out
+    /// slice of this cycle's: the proxy gap.
+    async fn train_judge(&mut self, cycle: u32, generated: &GenerateResult) -> Result<Vec<ProxyGapRecord>, Error> {
+        self.judgements.push(generated.judgements.clone());
+        let c = &self.ctx.curriculum;
+        let job = JudgeJob {
+            cycle,
+            previous: self.judge.clone(),
+            judgements: self.judgements.clone(),
+            fresh: generated.judgements.clone(),
+            steps: c.discriminator.train_steps,
+            seed: cycle_seed(c.seed, cycle, 5),
+        };
+        let started = now_iso();
+        let result: JudgeResult = self.evaluator.judge(&job)?;
+        self.step(cycle, "discriminator", "train-judge", &started, result.train_ms + result.score_ms, &result).await?;
+        self.judge = Some(result.checkpoint.clone());
+        let gaps: Vec<String> = result.gap.iter().map(|g| format!("{} AUC {}", g.skill, g.auc.map_or("n/a".into(), |a| format!("{a:.2}")))).collect();
+        info!(cycle, trained_on = result.trained_on, "learned judge: {}", gaps.join(", "));
+        Ok(result
+            .gap
+            .into_iter()
+            .map(|g| ProxyGapRecord { run_id: self.run_id, cycle, skill: g.skill, n: g.n, auc: g.auc, calibration_error: g.calibration_error })
+            .collect())
+    }
+
+    /// The reward-hacking alarm: where the learned judge picks training data (unverifiable
+    /// skills), a judge that no longer agrees with the verifier stops the run before its picks
+    /// are trained on.
+    async fn check_alarm(&mut self, cycle: u32, parent: &str, gap: &[ProxyGapRecord]) -> Result<(), Error> {
+        let d = &self.ctx.curriculum.discriminator;
+        let unverifiable = self.ctx.curriculum.unverifiable();
+        let mut broken = Vec::new();
+        for g in gap.iter().filter(|g| unverifiable.contains(&g.skill)) {
+            if let Some(auc) = g.auc
+                && auc < d.min_auc
+            {
+                broken.push(format!("skill `{}`: AUC {auc:.3} < discriminator.min_auc {}", g.skill, d.min_auc));
+            }
+            if let Some(ece) = g.calibration_error
+                && ece > d.max_calibration_error
+            {
+                broken.push(format!("skill `{}`: calibration error {ece:.3} > discriminator.max_calibration_error {}", g.skill, d.max_calibration_error));
+            }
+        }
+        if broken.is_empty() {
+            return Ok(());
+        }
+        let reason = format!(
+            "reward-hacking alarm in cycle {cycle}: the learned discriminator no longer agrees with the verifier on held-out responses ({}); \
+             its scores pick the training data of unverifiable skills, so the run stops here. Inspect `evolve ledger proxy-gap`; \
+             raise discriminator.train_steps or relax the thresholds in the curriculum to go on",
+            broken.join("; ")
+        );
+        self.ledger.record_proxy_gap(gap).await?;
+        self.fail_cycle(cycle, parent, &reason).await;
+        Err(Error::Alarm(reason))
     }
 
     async fn cycle(&mut self, cycle: u32, parent: &(String, Evaluation), base: &Evaluation, history: &mut Vec<String>) -> Result<CycleEnd, Error> {
@@ -209,24 +386,24 @@ impl Controller {
         self.begin_usage(cycle);
         info!(cycle, parent = %short(&parent.0), "cycle started");
 
+        let choices = self.policy.choose();
         let job = GenerateJob {
             cycle,
             parent: parent.0.clone(),
             targets: c.frontier(),
             probes_per_level: c.cycle.probes_per_level,
-            synthesis: SynthesisConfig {
-                mutations_per_failure: c.cycle.mutations_per_failure,
-                samples_k: c.cycle.samples_k,
-                temperature: c.cycle.temperature,
-                window: (c.cycle.window[0], c.cycle.window[1]),
-                examples: c.cycle.examples_per_cycle,
-                max_skill_share: c.cycle.max_skill_share,
-            },
+            synthesis: self.synthesis_config(skill_weights(&choices)),
             history: history.clone(),
             seed: cycle_seed(c.seed, cycle, 1),
+            sampling: c.cycle.sampling,
+            judge: self.judge.clone(),
+            unverifiable: c.unverifiable(),
+            accept_score: c.discriminator.accept_score,
         };
+        let policy = self.policy_records(cycle, &choices);
         let started = now_iso();
         let generated = self.generator.generate(&job)?;
+        self.policy.observe(&parent.0, &generated.mining);
         let failures: usize = generated.mining.iter().map(|m| m.failures).sum();
         let probes: usize = generated.mining.iter().map(|m| m.probes).sum();
         self.step(cycle, "generator", "mine", &started, generated.mine_ms, &generated.mining).await?;
@@ -239,6 +416,8 @@ impl Controller {
             return Ok(CycleEnd::NothingToLearn(reason));
         }
         history.push(generated.batch.clone());
+        let gap = self.train_judge(cycle, &generated).await?;
+        self.check_alarm(cycle, &parent.0, &gap).await?;
 
         let job = TrainJob {
             cycle,
@@ -284,6 +463,11 @@ impl Controller {
             .max_by(|a, b| a.1.2.frontier_gain.total_cmp(&b.1.2.frontier_gain))
             .map(|(i, _)| i)
             .unwrap_or(verdicts.len() - 1);
+        // What training did to old skills by its end, before the gate had a say.
+        if let Some((_, last, _)) = verdicts.last() {
+            self.outcomes.candidate_forgetting.push(mean_accuracy(&parent.1, SuiteRole::Mastered) - mean_accuracy(last, SuiteRole::Mastered));
+        }
+        self.outcomes.tokens_trained += trained.last().report.tokens as u64;
         let (snapshot, evaluation, decision) = verdicts.swap_remove(chosen);
         let examples: Vec<ExampleStats> = generated
             .synthesis
@@ -292,7 +476,7 @@ impl Controller {
             .collect();
         let status = if decision.accepted { CycleStatus::Accepted } else { CycleStatus::Rejected };
         let reason = format!("{} (snapshot at step {} of {})", decision.reason, snapshot.report.steps, job.steps);
-        self.commit(cycle, status, snapshot, &evaluation, examples, reason.clone()).await?;
+        self.commit(cycle, status, snapshot, &evaluation, examples, reason.clone(), gap, policy).await?;
         info!(cycle, status = status.as_str(), %reason, "cycle committed");
         if !decision.accepted {
             return Ok(CycleEnd::Rejected);
@@ -332,6 +516,9 @@ impl Controller {
     /// in accuracy. Lineage stays on the lossless checkpoint: nothing is ever trained from a
     /// quantized copy.
     async fn recompress(&mut self, cycle: u32, checkpoint: &str, parent: Option<&str>, lossless: &Evaluation) -> Result<(), Error> {
+        if !self.recompress {
+            return Ok(());
+        }
         let raw = self.ctx.store.get(checkpoint, CHECKPOINT_KIND)?;
         let parent_raw = parent.map(|p| self.ctx.store.get(p, CHECKPOINT_KIND)).transpose()?;
         let mut codecs = vec![(Codec::EvolveFp, None), (Codec::Zstd, None)];
@@ -440,12 +627,24 @@ impl Controller {
     }
 
     /// Commits the cycle as trained up to `snapshot`.
-    async fn commit(&mut self, cycle: u32, status: CycleStatus, snapshot: &Snapshot, evaluation: &Evaluation, examples: Vec<ExampleStats>, reason: String) -> Result<(), Error> {
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &mut self,
+        cycle: u32,
+        status: CycleStatus,
+        snapshot: &Snapshot,
+        evaluation: &Evaluation,
+        examples: Vec<ExampleStats>,
+        reason: String,
+        proxy_gap: Vec<ProxyGapRecord>,
+        policy: Vec<PolicyChoice>,
+    ) -> Result<(), Error> {
         let r = &snapshot.report;
         let extras = CycleExtras {
             eval_items: evaluation.suites.iter().map(|s| EvalItems { suite: s.suite.clone(), items: s.items.clone() }).collect(),
             role_usage: self.role_usage(cycle),
-            proxy_gap: Vec::new(),
+            proxy_gap,
+            policy,
         };
         let outcome = CycleOutcome {
                 run_id: self.run_id,
@@ -479,6 +678,22 @@ impl Controller {
             };
         self.ledger.commit_cycle_with(&outcome, &extras).await?;
         Ok(())
+    }
+
+    fn policy_records(&self, cycle: u32, choices: &[Choice]) -> Vec<PolicyChoice> {
+        choices
+            .iter()
+            .map(|c| PolicyChoice {
+                run_id: self.run_id,
+                cycle,
+                skill: c.skill.clone(),
+                level: c.level,
+                pass_rate: c.pass_rate,
+                progress: c.progress,
+                weight: c.weight.clamp(0.0, 1.0),
+                reason: c.reason.clone(),
+            })
+            .collect()
     }
 
     async fn record_checkpoint(&mut self, hash: &str, parent: Option<&str>) -> Result<(), Error> {

@@ -8,13 +8,16 @@
 //! boundary can later cut between them. The meta-controller never computes gradients or answers
 //! problems itself. It owns the budget (`budget`) and the accept/reject rule (`gate`).
 
+pub mod ablation;
 pub mod budget;
 mod controller;
 pub mod gate;
+pub mod progress;
 pub mod roles;
 
+pub use ablation::{AblateOptions, AblationReport, ablate};
 pub use budget::{Budget, BudgetError, DeviceChoice};
-pub use controller::{RunOptions, RunSummary, run};
+pub use controller::{Outcomes, RunOptions, RunSummary, Variant, run};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,4 +39,7 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Invalid(String),
+    /// The reward-hacking alarm stopped the run.
+    #[error("{0}")]
+    Alarm(String),
 }

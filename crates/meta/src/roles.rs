@@ -8,8 +8,10 @@ use std::sync::Arc;
 use burn::prelude::{Device, Int, Tensor, TensorData};
 use evolve_compress::quant::ChannelStats;
 use evolve_curriculum::Curriculum;
-use evolve_discriminator::Verifier;
-use evolve_generator::{Exclusions, MiningStat, SkillSynthesis, SynthesisConfig, mine, synthesize};
+use evolve_curriculum::ExampleSampling;
+use evolve_discriminator::metrics::{auc, calibration_error};
+use evolve_discriminator::{Judgement, LearnedScorer, Verifier};
+use evolve_generator::{Candidate, Exclusions, Judges, MiningStat, SkillSynthesis, SynthesisConfig, mine, select_within_quota, synthesize};
 use evolve_model::{ChannelStatsByLayer, Checkpoint, Llama, LlamaConfig};
 use evolve_policy::{Sampling, answer, example_tokens};
 use evolve_store::ArtifactStore;
@@ -24,6 +26,7 @@ use crate::Error;
 pub const CHECKPOINT_KIND: &str = "safetensors";
 pub const CONFIG_KIND: &str = "config.json";
 pub const EXAMPLES_KIND: &str = "examples.json";
+pub const JUDGEMENTS_KIND: &str = "judgements.json";
 
 /// What every role derives from the curriculum alone: skills, the frozen suites and the
 /// held-out set they imply, and where artifacts live.
@@ -118,6 +121,11 @@ pub struct GenerateJob {
     /// Example batches trained on before; their prompts are excluded.
     pub history: Vec<String>,
     pub seed: u64,
+    pub sampling: ExampleSampling,
+    /// The learned judge's checkpoint, for the skills in `unverifiable`.
+    pub judge: Option<String>,
+    pub unverifiable: Vec<String>,
+    pub accept_score: f32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,6 +137,8 @@ pub struct ExampleBatch {
 #[derive(Clone, Debug, Serialize)]
 pub struct GenerateResult {
     pub batch: String,
+    /// Every response seen, verifier-labelled (`JUDGEMENTS_KIND`), for the learned judge.
+    pub judgements: String,
     pub examples: usize,
     pub mining: Vec<MiningStat>,
     pub synthesis: Vec<SkillSynthesis>,
@@ -152,20 +162,151 @@ impl GeneratorRole for LocalGenerator {
             let batch: ExampleBatch = serde_json::from_slice(&ctx.store.get(hash, EXAMPLES_KIND)?)?;
             history.extend(batch.problems.into_iter().map(|p| p.prompt));
         }
+        let learned = job.judge.as_deref().map(|hash| ctx.load_judge(hash)).transpose()?;
+        let unverifiable: HashSet<String> = job.unverifiable.iter().cloned().collect();
+        let judges = Judges { verifier: &ctx.verifier, learned: learned.as_ref(), unverifiable: &unverifiable, accept_score: job.accept_score };
         let started = std::time::Instant::now();
-        let targets: Vec<(&dyn Skill, u32)> = job.targets.iter().map(|(s, l)| (ctx.skill(s), *l)).collect();
-        let mining = mine(&model, &targets, job.probes_per_level, &ctx.held_out, &ctx.verifier, &mut rng, &ctx.device);
+        let targets: Vec<(&dyn Skill, u32, usize)> = job.targets.iter().map(|(s, l)| (ctx.skill(s), *l, job.probes_per_level)).collect();
+        let mining = mine(&model, &targets, &ctx.held_out, &judges, &mut rng, &ctx.device);
         let mine_ms = started.elapsed().as_secs_f64() * 1e3;
         let started = std::time::Instant::now();
         let exclude = Exclusions { held_out: &ctx.held_out, history: &history };
-        let synthesis = synthesize(&model, &ctx.skills, &mining.failures, &job.synthesis, &exclude, &ctx.verifier, &mut rng, &ctx.device);
-        let synthesize_ms = started.elapsed().as_secs_f64() * 1e3;
-        let batch = ExampleBatch {
-            pass_rates: synthesis.accepted.iter().map(|c| c.pass_rate).collect(),
-            problems: synthesis.accepted.into_iter().map(|c| c.problem).collect(),
+        let (accepted, per_skill, mut judgements) = match job.sampling {
+            ExampleSampling::Adversarial => {
+                let s = synthesize(&model, &ctx.skills, &mining.failures, &job.synthesis, &exclude, &judges, &mut rng, &ctx.device);
+                (s.accepted, s.per_skill, s.judgements)
+            }
+            ExampleSampling::Uniform => ctx.uniform_examples(job, &exclude, &mut rng),
         };
+        let synthesize_ms = started.elapsed().as_secs_f64() * 1e3;
+        judgements.extend(mining.judgements);
+        let batch = ExampleBatch { pass_rates: accepted.iter().map(|c| c.pass_rate).collect(), problems: accepted.into_iter().map(|c| c.problem).collect() };
         let hash = ctx.store.put(EXAMPLES_KIND, &serde_json::to_vec(&batch)?)?;
-        Ok(GenerateResult { batch: hash, examples: batch.problems.len(), mining: mining.stats, synthesis: synthesis.per_skill, mine_ms, synthesize_ms })
+        let judgements = ctx.store.put(JUDGEMENTS_KIND, &serde_json::to_vec(&judgements)?)?;
+        Ok(GenerateResult { batch: hash, judgements, examples: batch.problems.len(), mining: mining.stats, synthesis: per_skill, mine_ms, synthesize_ms })
+    }
+}
+
+impl Context {
+    /// The ablation's baseline: fresh problems drawn uniformly from the job's targets (never
+    /// held out, never trained on before), under the same quotas as adversarial batches. No
+    /// mining result, mutation or calibration shapes them.
+    fn uniform_examples(&self, job: &GenerateJob, exclude: &Exclusions<'_>, rng: &mut StdRng) -> (Vec<Candidate>, Vec<SkillSynthesis>, Vec<Judgement>) {
+        let mut seen = HashSet::new();
+        let mut drawn = Vec::new();
+        let mut per_skill: BTreeMap<String, SkillSynthesis> = BTreeMap::new();
+        // Twice the batch, so the quotas have something to choose from.
+        for _ in 0..2 * job.synthesis.examples {
+            let (skill, level) = &job.targets[rng.random_range(0..job.targets.len())];
+            let Some(problem) = sample_training(self.skill(skill), *level, exclude.held_out, rng) else { continue };
+            let stats = per_skill.entry(skill.clone()).or_insert_with(|| SkillSynthesis { skill: skill.clone(), ..Default::default() });
+            stats.generated += 1;
+            if !exclude.history.contains(&problem.prompt) && seen.insert(problem.prompt.clone()) {
+                stats.admitted += 1;
+                // Pass rates are not measured for uniform draws: every draw counts as in-window.
+                drawn.push(Candidate { problem, pass_rate: (job.synthesis.window.0 + job.synthesis.window.1) / 2.0 });
+            }
+        }
+        let config = SynthesisConfig { skill_weights: BTreeMap::new(), ..job.synthesis.clone() };
+        let accepted = select_within_quota(drawn, &config, &mut per_skill);
+        (accepted, per_skill.into_values().collect(), Vec::new())
+    }
+
+    pub fn load_judge(&self, hash: &str) -> Result<LearnedScorer, Error> {
+        let safetensors = self.store.get(hash, CHECKPOINT_KIND)?;
+        let checkpoint = Checkpoint { config: LearnedScorer::config(), safetensors, hash: hash.to_string() };
+        let model = checkpoint.to_model(&self.device, &self.store.path_of(hash, CHECKPOINT_KIND).display().to_string())?;
+        Ok(LearnedScorer::from_model(model, &self.device))
+    }
+
+    fn store_judge(&self, judge: &LearnedScorer) -> Result<String, Error> {
+        let checkpoint = Checkpoint::from_model(judge.model(), &LearnedScorer::config());
+        self.store.put(CHECKPOINT_KIND, &checkpoint.safetensors)?;
+        self.store.put_encoded(&checkpoint.hash, CONFIG_KIND, LearnedScorer::config().to_json().as_bytes())?;
+        Ok(checkpoint.hash)
+    }
+
+    fn load_judgements(&self, hash: &str) -> Result<Vec<Judgement>, Error> {
+        Ok(serde_json::from_slice(&self.store.get(hash, JUDGEMENTS_KIND)?)?)
+    }
+}
+
+// ---------------------------------------------------------------- learned discriminator
+
+/// Retrain the learned judge and measure its proxy gap.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JudgeJob {
+    pub cycle: u32,
+    /// The judge to continue from; `None` starts a fresh one.
+    pub previous: Option<String>,
+    /// Every judgement batch so far (`JUDGEMENTS_KIND`); the training split of each is used.
+    pub judgements: Vec<String>,
+    /// This cycle's batch: the gap is measured on its held-out split.
+    pub fresh: String,
+    pub steps: usize,
+    pub seed: u64,
+}
+
+/// The judge's agreement with the verifier on one skill's held-out responses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SkillGap {
+    pub skill: String,
+    pub n: u32,
+    pub auc: Option<f64>,
+    pub calibration_error: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JudgeResult {
+    pub checkpoint: String,
+    pub gap: Vec<SkillGap>,
+    pub trained_on: usize,
+    pub train_ms: f64,
+    pub score_ms: f64,
+}
+
+/// Every fifth prompt (by a hash of the prompt, so all responses to one prompt fall on the
+/// same side) is held out from the judge's training: the proxy gap is measured there.
+fn held_out_from_judge(problem: &Problem) -> bool {
+    evolve_tasks::fnv1a64(problem.prompt.as_bytes()) % 5 == 0
+}
+
+/// Batch size of the judge's training steps.
+const JUDGE_BATCH: usize = 64;
+
+impl Context {
+    pub fn judge(&self, job: &JudgeJob) -> Result<JudgeResult, Error> {
+        let started = std::time::Instant::now();
+        let mut train = Vec::new();
+        for hash in &job.judgements {
+            train.extend(self.load_judgements(hash)?.into_iter().filter(|j| !held_out_from_judge(&j.problem)));
+        }
+        let judge = match &job.previous {
+            Some(hash) => self.load_judge(hash)?,
+            None => LearnedScorer::init(job.seed, &self.device),
+        };
+        let (judge, _) = judge.train(&train, job.steps, JUDGE_BATCH, job.seed);
+        let checkpoint = self.store_judge(&judge)?;
+        let train_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = std::time::Instant::now();
+        let held_out: Vec<Judgement> = self.load_judgements(&job.fresh)?.into_iter().filter(|j| held_out_from_judge(&j.problem)).collect();
+        let scores = judge.score_batch(&held_out.iter().map(|j| (&j.problem, &j.response)).collect::<Vec<_>>());
+        let mut by_skill: BTreeMap<&str, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
+        for (j, s) in held_out.iter().zip(scores) {
+            let entry = by_skill.entry(&j.problem.skill).or_default();
+            entry.0.push(s);
+            entry.1.push(j.correct);
+        }
+        let gap = by_skill
+            .into_iter()
+            .map(|(skill, (scores, labels))| SkillGap {
+                skill: skill.to_string(),
+                n: scores.len() as u32,
+                auc: auc(&scores, &labels),
+                calibration_error: Some(calibration_error(&scores, &labels, 10)),
+            })
+            .collect();
+        Ok(JudgeResult { checkpoint, gap, trained_on: train.len(), train_ms, score_ms: started.elapsed().as_secs_f64() * 1e3 })
     }
 }
 
@@ -234,6 +375,11 @@ impl TrainerRole for LocalTrainer {
             None => Vec::new(),
         };
         let rng = std::cell::RefCell::new(StdRng::seed_from_u64(job.seed));
+        // Examples are visited epoch by epoch in an order that interleaves skills evenly, so any
+        // stretch of training (a snapshot's) has the batch's skill mix: the per-skill quota the
+        // generator enforced on the batch holds for what is actually trained.
+        let order = stratified_order(&examples, &mut rng.borrow_mut());
+        let cursor = std::cell::Cell::new(0usize);
         let mix = std::cell::RefCell::new(BTreeMap::<String, u32>::new());
         let fresh_rows = if examples.is_empty() { job.batch_size } else { (job.batch_size as f32 * job.fresh_share).round() as usize };
         // Rows are drawn for several steps at once and grouped by length, so a batch of short
@@ -249,9 +395,14 @@ impl TrainerRole for LocalTrainer {
                 let mut rows: Vec<Problem> = Vec::with_capacity(group * job.batch_size);
                 for _ in 0..group {
                     let (start, learned) = (rows.len(), job.batch_size - fresh_rows);
-                    rows.extend((0..learned).map(|_| examples[rng.random_range(0..examples.len())].clone()));
-                    for _ in 0..fresh_rows {
-                        let like = (learned > 0).then(|| rows[start + rng.random_range(0..learned)].skill.clone());
+                    rows.extend((0..learned).map(|_| {
+                        let at = cursor.get();
+                        cursor.set(at + 1);
+                        examples[order[at % order.len()]].clone()
+                    }));
+                    // Replay row r matches learned row r's skill, so replay keeps the batch's mix.
+                    for r in 0..fresh_rows {
+                        let like = (learned > 0).then(|| rows[start + r % learned].skill.clone());
                         let replay = ctx.fresh_problem(&job.fresh_levels, like.as_deref(), &mut rng);
                         rows.push(replay);
                     }
@@ -298,6 +449,24 @@ impl TrainerRole for LocalTrainer {
         }
         Ok(TrainResult { snapshots })
     }
+}
+
+/// Indices of `examples`, shuffled within each skill, then merged so that skill `s`'s `r`-th
+/// example sits at fraction `(r + 1) / n_s` of the order: every prefix holds each skill close to
+/// its share of the whole.
+fn stratified_order(examples: &[Problem], rng: &mut StdRng) -> Vec<usize> {
+    let mut by_skill: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in examples.iter().enumerate() {
+        by_skill.entry(&p.skill).or_default().push(i);
+    }
+    let mut keyed: Vec<(f64, usize)> = Vec::with_capacity(examples.len());
+    for indices in by_skill.values_mut() {
+        indices.shuffle(rng);
+        let n = indices.len() as f64;
+        keyed.extend(indices.iter().enumerate().map(|(r, &i)| ((r + 1) as f64 / n, i)));
+    }
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 // ---------------------------------------------------------------- evaluator
@@ -348,8 +517,11 @@ pub struct Evaluation {
     pub refusal: RefusalScore,
 }
 
+/// The discriminator role: it grades checkpoints on the frozen suites with the verifier, and
+/// keeps the learned judge trained and measured.
 pub trait EvaluatorRole {
     fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error>;
+    fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error>;
 }
 
 /// Greedy answers on every frozen suite and the refusal probes, judged by the verifier.
@@ -359,6 +531,10 @@ impl EvaluatorRole for LocalEvaluator {
     fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error> {
         let model = self.0.load_model(checkpoint)?;
         Ok(self.evaluate_model(checkpoint, &model))
+    }
+
+    fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error> {
+        self.0.judge(job)
     }
 }
 

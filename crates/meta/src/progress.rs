@@ -1,0 +1,158 @@
+//! The curriculum policy: which frontier targets (skill x level) get the next cycle's synthesis
+//! effort. `progress` is a learning-progress bandit: a target's value is how much its pass rate
+//! moved the last time the parent changed (absolute learning progress, as in Oudeyer's and
+//! Portelas' teacher algorithms); effort follows value, with an `exploration` share spread
+//! evenly so no target starves, and targets that are not yet measured are valued optimistically
+//! (as the best measured one). A target the parent already solves gets only the exploration
+//! share. `even` gives every target the same weight, for ablations. Every choice is returned
+//! with its reason, for the ledger.
+
+use std::collections::BTreeMap;
+
+use evolve_curriculum::PolicyKind;
+use evolve_generator::MiningStat;
+
+/// A target is solved when the parent passes this share of its probes.
+const SOLVED: f64 = 0.95;
+
+/// What the policy knows of one target.
+#[derive(Clone, Debug, Default)]
+struct TargetHistory {
+    /// `(parent checkpoint, pass rate)` per mining, in order.
+    observations: Vec<(String, f64)>,
+}
+
+impl TargetHistory {
+    fn pass_rate(&self) -> Option<f64> {
+        self.observations.last().map(|o| o.1)
+    }
+
+    /// |change in pass rate| between the latest parent and the one before it. Minings under the
+    /// same parent (a rejected cycle) differ by sampling noise only and are averaged.
+    fn progress(&self) -> Option<f64> {
+        let latest = &self.observations.last()?.0;
+        let mean_of = |parent: &str| {
+            let rates: Vec<f64> = self.observations.iter().filter(|o| o.0 == parent).map(|o| o.1).collect();
+            rates.iter().sum::<f64>() / rates.len() as f64
+        };
+        let previous = self.observations.iter().rev().find(|o| &o.0 != latest)?.0.clone();
+        Some((mean_of(latest) - mean_of(&previous)).abs())
+    }
+}
+
+/// The policy's decision for one target.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub skill: String,
+    pub level: u32,
+    pub pass_rate: Option<f64>,
+    pub progress: Option<f64>,
+    pub weight: f64,
+    pub reason: String,
+}
+
+pub struct CurriculumPolicy {
+    kind: PolicyKind,
+    exploration: f64,
+    targets: BTreeMap<(String, u32), TargetHistory>,
+}
+
+impl CurriculumPolicy {
+    pub fn new(kind: PolicyKind, exploration: f64, targets: &[(String, u32)]) -> Self {
+        CurriculumPolicy { kind, exploration, targets: targets.iter().map(|t| (t.clone(), TargetHistory::default())).collect() }
+    }
+
+    /// Records what mining under `parent` found.
+    pub fn observe(&mut self, parent: &str, stats: &[MiningStat]) {
+        for s in stats.iter().filter(|s| s.probes > 0) {
+            if let Some(t) = self.targets.get_mut(&(s.skill.clone(), s.level)) {
+                t.observations.push((parent.to_string(), 1.0 - s.failures as f64 / s.probes as f64));
+            }
+        }
+    }
+
+    /// Weights (summing to 1) over all targets for the next cycle.
+    pub fn choose(&self) -> Vec<Choice> {
+        let n = self.targets.len().max(1) as f64;
+        let measured: Vec<f64> = self.targets.values().filter_map(TargetHistory::progress).collect();
+        let best = measured.iter().copied().fold(0.0f64, f64::max);
+        let values: Vec<(f64, String)> = self
+            .targets
+            .values()
+            .map(|t| match (self.kind, t.pass_rate(), t.progress()) {
+                (PolicyKind::Even, _, _) => (1.0, "even split (policy = even)".to_string()),
+                (_, Some(p), _) if p >= SOLVED => (0.0, format!("solved by the parent ({:.0}% of probes): exploration share only", p * 100.0)),
+                (_, _, Some(lp)) => (lp, format!("learning progress {:.1} points since the previous parent", lp * 100.0)),
+                (_, _, None) if best > 0.0 => (best, "not yet measured under two parents: valued as the best measured target".to_string()),
+                (_, _, None) => (1.0, "no learning progress measured yet: even split".to_string()),
+            })
+            .collect();
+        let total: f64 = values.iter().map(|v| v.0).sum();
+        let explore = if self.kind == PolicyKind::Even || total <= 0.0 { 1.0 } else { self.exploration };
+        self.targets
+            .iter()
+            .zip(values)
+            .map(|(((skill, level), t), (value, reason))| {
+                let exploit = if total > 0.0 { value / total } else { 0.0 };
+                Choice { skill: skill.clone(), level: *level, pass_rate: t.pass_rate(), progress: t.progress(), weight: explore / n + (1.0 - explore) * exploit, reason }
+            })
+            .collect()
+    }
+}
+
+/// Weight per skill: the sum over its targets.
+pub fn skill_weights(choices: &[Choice]) -> BTreeMap<String, f32> {
+    let mut weights = BTreeMap::new();
+    for c in choices {
+        *weights.entry(c.skill.clone()).or_insert(0.0) += c.weight as f32;
+    }
+    weights
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(skill: &str, level: u32, failures: usize) -> MiningStat {
+        MiningStat { skill: skill.into(), level, probes: 100, failures }
+    }
+
+    fn targets() -> Vec<(String, u32)> {
+        vec![("a".into(), 2), ("b".into(), 2), ("c".into(), 2)]
+    }
+
+    #[test]
+    fn effort_follows_learning_progress_and_explores() {
+        let mut policy = CurriculumPolicy::new(PolicyKind::Progress, 0.3, &targets());
+        let first = policy.choose();
+        assert!(first.iter().all(|c| (c.weight - 1.0 / 3.0).abs() < 1e-9), "nothing known: even");
+        policy.observe("p0", &[stat("a", 2, 90), stat("b", 2, 90), stat("c", 2, 10)]);
+        policy.observe("p1", &[stat("a", 2, 60), stat("b", 2, 88), stat("c", 2, 2)]);
+        let choices = policy.choose();
+        let w = |s: &str| choices.iter().find(|c| c.skill == s).unwrap().weight;
+        assert!((choices.iter().map(|c| c.weight).sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(w("a") > w("b"), "a moved 30 points, b 2");
+        assert!((w("c") - 0.1).abs() < 1e-9, "c is solved (98%): exploration share only, {}", w("c"));
+        assert!(w("b") >= 0.1);
+        assert!(choices[0].reason.contains("learning progress 30.0 points"), "{}", choices[0].reason);
+    }
+
+    #[test]
+    fn a_rejected_cycle_does_not_count_as_progress() {
+        let mut policy = CurriculumPolicy::new(PolicyKind::Progress, 0.2, &targets()[..1]);
+        policy.observe("p0", &[stat("a", 2, 80)]);
+        policy.observe("p0", &[stat("a", 2, 70)]);
+        assert_eq!(policy.targets[&("a".to_string(), 2)].progress(), None, "same parent twice: noise, not progress");
+        policy.observe("p1", &[stat("a", 2, 55)]);
+        let lp = policy.targets[&("a".to_string(), 2)].progress().unwrap();
+        assert!((lp - 0.20).abs() < 1e-9, "45% vs the mean 25% under p0: {lp}");
+    }
+
+    #[test]
+    fn even_policy_ignores_progress() {
+        let mut policy = CurriculumPolicy::new(PolicyKind::Even, 0.3, &targets());
+        policy.observe("p0", &[stat("a", 2, 90)]);
+        policy.observe("p1", &[stat("a", 2, 10)]);
+        assert!(policy.choose().iter().all(|c| (c.weight - 1.0 / 3.0).abs() < 1e-9));
+    }
+}

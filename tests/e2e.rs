@@ -61,6 +61,24 @@ async fn two_cycle_run_fills_the_public_views() {
 
     let mix: Vec<(i64, String, f64)> = query(&db, "SELECT cycle, skill, share FROM v_training_mix WHERE cycle > 0").await;
     assert!(!mix.is_empty());
+    // The quota holds for what was trained, not only for the synthesized batch: micro.toml's
+    // max_skill_share is 0.6 (one row of slack for the interleaving of a partial epoch).
+    for m in &mix {
+        assert!(m.2 <= 0.6 + 1.0 / 16.0, "skill over its quota: {m:?}");
+    }
+    // The curriculum policy's choices over the frontier, with reasons, every cycle.
+    let policy: Vec<(i64, String, i64, f64, String)> = query(&db, "SELECT cycle, skill, level, weight, reason FROM v_curriculum_policy ORDER BY cycle").await;
+    for cycle in 1..=2 {
+        let rows: Vec<_> = policy.iter().filter(|p| p.0 == cycle).collect();
+        assert_eq!(rows.len(), 2, "reversal/L2 and sorting/L2, cycle {cycle}: {policy:?}");
+        assert!((rows.iter().map(|p| p.3).sum::<f64>() - 1.0).abs() < 1e-9 && rows.iter().all(|p| !p.4.is_empty()));
+    }
+    // The learned judge is measured against the verifier every cycle, per skill.
+    let gap: Vec<(i64, String, i64, Option<f64>, Option<f64>)> = query(&db, "SELECT cycle, skill, n, auc, calibration_error FROM v_proxy_gap").await;
+    for cycle in 0..3 {
+        assert!(gap.iter().any(|g| g.0 == cycle && g.2 > 0), "cycle {cycle}: {gap:?}");
+    }
+    assert!(gap.iter().all(|g| g.3.is_none_or(|a| (0.0..=1.0).contains(&a)) && g.4.is_some_and(|e| (0.0..=1.0).contains(&e))), "{gap:?}");
     let surgery: Vec<(i64, String, i64)> = query(&db, "SELECT cycle, mode, steps FROM v_surgery").await;
     assert!(surgery.iter().all(|s| s.1 == "agem" && s.2 == 6), "{surgery:?}");
 
@@ -182,4 +200,70 @@ fn reading_a_missing_or_foreign_ledger_is_a_clear_error() {
         assert!(text(&out).contains(path) && !text(&out).contains("panicked"), "{}", text(&out));
     }
     assert_eq!(std::fs::read(&junk).unwrap(), b"definitely not sqlite");
+}
+
+/// micro.toml with some lines replaced, written beside the ledger.
+fn micro_with(dir: &Path, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(root().join("tests/micro.toml")).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.join("curriculum.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_reward_hacking_alarm_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evolve.db");
+    // Reversal is handed to the learned judge, and the judge must agree with the verifier
+    // better than any judge trained for 5 steps can.
+    let curriculum = micro_with(
+        dir.path(),
+        &[
+            ("name = \"reversal\"\nbase_levels = [1]\nfrontier_levels = [2]", "name = \"reversal\"\nbase_levels = [1]\nfrontier_levels = [2]\nverifiable = false"),
+            ("max_over_refusal_rise = 0.02", "max_over_refusal_rise = 0.02\n\n[discriminator]\ntrain_steps = 5\nmin_auc = 0.99\nmax_calibration_error = 0.01"),
+        ],
+    );
+    let out = evolve(&["start", "--curriculum", curriculum.to_str().unwrap(), "--ledger", db.to_str().unwrap(), "--no-progress"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("reward-hacking alarm") && said.contains("skill `reversal`") && said.contains("> discriminator.max_calibration_error 0.01"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    let runs: Vec<(String, Option<String>)> = query(&db, "SELECT status, stop_reason FROM runs").await;
+    assert_eq!(runs[0].0, "failed");
+    let cycles: Vec<(i64, String, Option<String>)> = query(&db, "SELECT cycle, status, reason FROM v_cycles ORDER BY cycle").await;
+    let last = cycles.last().unwrap();
+    assert!(last.1 == "failed" && last.2.as_deref().is_some_and(|r| r.contains("reward-hacking alarm")), "{cycles:?}");
+    // Nothing was trained on the judge's picks: no cycle after the base was accepted.
+    assert!(cycles.iter().filter(|c| c.0 > 0).all(|c| c.1 != "accepted"), "{cycles:?}");
+    let gap: Vec<(i64, String, Option<f64>)> = query(&db, "SELECT cycle, skill, auc FROM v_proxy_gap WHERE skill = 'reversal'").await;
+    assert!(gap.iter().any(|g| g.0 == last.0), "the gap that fired is recorded: {gap:?}");
+}
+
+#[tokio::test]
+async fn ablation_compares_arms_from_one_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ablate.db");
+    let curriculum = micro_with(dir.path(), &[]);
+    let out = evolve(&["ablate", "--curriculum", curriculum.to_str().unwrap(), "--ledger", db.to_str().unwrap(), "--cycles", "1", "--no-progress"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    for arm in ["adversarial+agem", "uniform+agem", "adversarial+pcgrad", "adversarial+none"] {
+        assert!(said.contains(arm), "{arm} missing: {said}");
+    }
+    let arms: Vec<(String, String, String, i64, i64, i64, f64, f64)> =
+        query(&db, "SELECT arm, sampling, surgery, run_id, cycles, tokens_trained, frontier_gain, forgetting FROM v_ablations ORDER BY run_id").await;
+    assert_eq!(arms.len(), 4, "{arms:?}");
+    assert!(arms.iter().all(|a| a.4 == 1 && a.5 > 0 && a.6.abs() <= 1.0 && a.7.abs() <= 1.0), "{arms:?}");
+    // Equal seeds: every arm starts from the same base checkpoint, pretrained once.
+    let bases: Vec<(i64, String)> = query(&db, "SELECT run_id, checkpoint_hash FROM v_cycles WHERE cycle = 0 ORDER BY run_id").await;
+    assert_eq!(bases.len(), 4);
+    assert!(bases.iter().all(|b| b.1 == bases[0].1), "{bases:?}");
+    // The surgery each arm asked for is what its cycles ran.
+    let surgery: Vec<(i64, String)> = query(&db, "SELECT run_id, mode FROM v_surgery ORDER BY run_id").await;
+    let modes: Vec<&str> = surgery.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(modes, ["agem", "agem", "pcgrad", "none"]);
 }

@@ -370,7 +370,7 @@ impl Controller {
             return Ok(());
         }
         let reason = format!(
-            "reward-hacking alarm in cycle {cycle}: the learned discriminator no longer agrees with the verifier on held-out responses ({}); \
+            "reward-hacking alarm in cycle {cycle}: the learned discriminator disagrees with the verifier on held-out responses ({}); \
              its scores pick the training data of unverifiable skills, so the run stops here. Inspect `evolve ledger proxy-gap`; \
              raise discriminator.train_steps or relax the thresholds in the curriculum to go on",
             broken.join("; ")

@@ -98,10 +98,20 @@ impl Context {
     /// `like`, the draw is restricted to that skill's pairs when it has any: replay matched to
     /// what is being learned protects the circuits the new data actually disturbs (a uniform
     /// replay spends most rows on skills the cycle never touched).
+    /// Without `like`, the skill is drawn uniformly first and then one of its levels, so a skill
+    /// taught at several levels does not take more than its share of pretraining.
     fn fresh_problem(&self, pairs: &[(String, u32)], like: Option<&str>, rng: &mut StdRng) -> Problem {
+        let mut skills: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
+        skills.dedup();
         let matched: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| Some(s.as_str()) == like).collect();
         loop {
-            let (skill, level) = if matched.is_empty() { &pairs[rng.random_range(0..pairs.len())] } else { matched[rng.random_range(0..matched.len())] };
+            let (skill, level) = if matched.is_empty() {
+                let skill = skills[rng.random_range(0..skills.len())];
+                let levels: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| s == skill).collect();
+                levels[rng.random_range(0..levels.len())]
+            } else {
+                matched[rng.random_range(0..matched.len())]
+            };
             if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
                 return p;
             }

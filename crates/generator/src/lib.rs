@@ -65,13 +65,15 @@ fn judgements(verifier: &Verifier, problems: &[&Problem], responses: &[Response]
         .collect()
 }
 
-/// Per (skill, level): how many probes were tried and how many failed.
-#[derive(Clone, Debug, Serialize)]
+/// Per (skill, level): how many probes were tried and how many failed, and the model's mean
+/// answer loss on their correct answers (nats per answer token), which moves before accuracy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MiningStat {
     pub skill: String,
     pub level: u32,
     pub probes: usize,
     pub failures: usize,
+    pub mean_nll: Option<f64>,
 }
 
 pub struct MiningReport {
@@ -94,6 +96,8 @@ pub fn mine(model: &Llama, targets: &[(&dyn Skill, u32, usize)], held_out: &Held
     let responses = answer(model, &probes, 1, &Sampling::greedy(), device);
     let pairs: Vec<(&Problem, &Response)> = probes.iter().zip(&responses).collect();
     let scores = judges.scores(&pairs);
+    // Only verifiable probes have a trusted target to measure the loss on.
+    let nll = evolve_trainer::answer_nll(model, &probes, device);
     let mut failures = Vec::new();
     let mut stats = Vec::new();
     for (skill, level, span) in spans {
@@ -103,7 +107,8 @@ pub fn mine(model: &Llama, targets: &[(&dyn Skill, u32, usize)], held_out: &Held
                 failures.push(probes[i].clone());
             }
         }
-        stats.push(MiningStat { skill, level, probes: span.len(), failures: failures.len() - before });
+        let mean_nll = (!span.is_empty() && !judges.unverifiable.contains(&skill)).then(|| span.clone().map(|i| f64::from(nll[i])).sum::<f64>() / span.len() as f64);
+        stats.push(MiningStat { skill, level, probes: span.len(), failures: failures.len() - before, mean_nll });
     }
     let judgements = judgements(judges.verifier, &probes.iter().collect::<Vec<_>>(), &responses);
     MiningReport { failures, stats, judgements }

@@ -1,11 +1,13 @@
 //! The curriculum policy: which frontier targets (skill x level) get the next cycle's synthesis
-//! effort. `progress` is a learning-progress bandit: a target's value is how much its pass rate
-//! moved the last time the parent changed (absolute learning progress, as in Oudeyer's and
-//! Portelas' teacher algorithms); effort follows value, with an `exploration` share spread
-//! evenly so no target starves, and targets that are not yet measured are valued optimistically
-//! (as the best measured one). A target the parent already solves gets only the exploration
-//! share. `even` gives every target the same weight, for ablations. Every choice is returned
-//! with its reason, for the ledger.
+//! effort. `progress` is a learning-progress bandit: a target's value is how much the model's
+//! competence on it moved the last time the parent changed (absolute learning progress, as in
+//! Oudeyer's and Portelas' teacher algorithms). Competence is the mean answer loss on the
+//! mining probes (nats per answer token), not accuracy: a frontier answered 0% right can still be
+//! getting closer, and an accuracy-driven bandit would starve it forever. Effort follows value,
+//! with an `exploration` share spread evenly so no target starves; targets not yet measured
+//! under two parents are valued optimistically (as the best measured one). A target the parent
+//! already solves gets only the exploration share. `even` gives every target the same weight,
+//! for ablations. Every choice is returned with its reason, for the ledger.
 
 use std::collections::BTreeMap;
 
@@ -16,27 +18,45 @@ use evolve_generator::MiningStat;
 const SOLVED: f64 = 0.95;
 
 /// What the policy knows of one target.
+#[derive(Clone, Debug)]
+struct Observation {
+    parent: String,
+    pass_rate: f64,
+    /// Mean answer loss, when the target's answers can be trusted to measure it on.
+    nll: Option<f64>,
+}
+
 #[derive(Clone, Debug, Default)]
 struct TargetHistory {
-    /// `(parent checkpoint, pass rate)` per mining, in order.
-    observations: Vec<(String, f64)>,
+    /// One per mining, in order.
+    observations: Vec<Observation>,
 }
 
 impl TargetHistory {
     fn pass_rate(&self) -> Option<f64> {
-        self.observations.last().map(|o| o.1)
+        self.observations.last().map(|o| o.pass_rate)
     }
 
-    /// |change in pass rate| between the latest parent and the one before it. Minings under the
-    /// same parent (a rejected cycle) differ by sampling noise only and are averaged.
+    /// |change in competence| between the latest parent and the one before it: in answer loss
+    /// when measured, else in pass rate. Minings under the same parent (a rejected cycle)
+    /// differ by sampling noise only and are averaged.
     fn progress(&self) -> Option<f64> {
-        let latest = &self.observations.last()?.0;
-        let mean_of = |parent: &str| {
-            let rates: Vec<f64> = self.observations.iter().filter(|o| o.0 == parent).map(|o| o.1).collect();
-            rates.iter().sum::<f64>() / rates.len() as f64
+        let latest = &self.observations.last()?.parent;
+        let previous = &self.observations.iter().rev().find(|o| &o.parent != latest)?.parent;
+        let mean_of = |parent: &str, measure: &dyn Fn(&Observation) -> Option<f64>| {
+            let values: Vec<f64> = self.observations.iter().filter(|o| o.parent == parent).filter_map(measure).collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
         };
-        let previous = self.observations.iter().rev().find(|o| &o.0 != latest)?.0.clone();
-        Some((mean_of(latest) - mean_of(&previous)).abs())
+        let by_loss = |o: &Observation| o.nll;
+        let by_rate = |o: &Observation| Some(o.pass_rate);
+        match (mean_of(latest, &by_loss), mean_of(previous, &by_loss)) {
+            (Some(now), Some(before)) => Some((now - before).abs()),
+            _ => Some((mean_of(latest, &by_rate)? - mean_of(previous, &by_rate)?).abs()),
+        }
+    }
+
+    fn measured_by_loss(&self) -> bool {
+        self.observations.last().is_some_and(|o| o.nll.is_some())
     }
 }
 
@@ -66,7 +86,7 @@ impl CurriculumPolicy {
     pub fn observe(&mut self, parent: &str, stats: &[MiningStat]) {
         for s in stats.iter().filter(|s| s.probes > 0) {
             if let Some(t) = self.targets.get_mut(&(s.skill.clone(), s.level)) {
-                t.observations.push((parent.to_string(), 1.0 - s.failures as f64 / s.probes as f64));
+                t.observations.push(Observation { parent: parent.to_string(), pass_rate: 1.0 - s.failures as f64 / s.probes as f64, nll: s.mean_nll });
             }
         }
     }
@@ -82,7 +102,8 @@ impl CurriculumPolicy {
             .map(|t| match (self.kind, t.pass_rate(), t.progress()) {
                 (PolicyKind::Even, _, _) => (1.0, "even split (policy = even)".to_string()),
                 (_, Some(p), _) if p >= SOLVED => (0.0, format!("solved by the parent ({:.0}% of probes): exploration share only", p * 100.0)),
-                (_, _, Some(lp)) => (lp, format!("learning progress {:.1} points since the previous parent", lp * 100.0)),
+                (_, _, Some(lp)) if t.measured_by_loss() => (lp, format!("learning progress: answer loss moved {lp:.3} nats/token since the previous parent")),
+                (_, _, Some(lp)) => (lp, format!("learning progress: pass rate moved {:.1} points since the previous parent", lp * 100.0)),
                 (_, _, None) if best > 0.0 => (best, "not yet measured under two parents: valued as the best measured target".to_string()),
                 (_, _, None) => (1.0, "no learning progress measured yet: even split".to_string()),
             })
@@ -114,7 +135,11 @@ mod tests {
     use super::*;
 
     fn stat(skill: &str, level: u32, failures: usize) -> MiningStat {
-        MiningStat { skill: skill.into(), level, probes: 100, failures }
+        MiningStat { skill: skill.into(), level, probes: 100, failures, mean_nll: None }
+    }
+
+    fn stat_with_loss(skill: &str, level: u32, failures: usize, nll: f64) -> MiningStat {
+        MiningStat { mean_nll: Some(nll), ..stat(skill, level, failures) }
     }
 
     fn targets() -> Vec<(String, u32)> {
@@ -134,7 +159,17 @@ mod tests {
         assert!(w("a") > w("b"), "a moved 30 points, b 2");
         assert!((w("c") - 0.1).abs() < 1e-9, "c is solved (98%): exploration share only, {}", w("c"));
         assert!(w("b") >= 0.1);
-        assert!(choices[0].reason.contains("learning progress 30.0 points"), "{}", choices[0].reason);
+        assert!(choices[0].reason.contains("pass rate moved 30.0 points"), "{}", choices[0].reason);
+    }
+
+    #[test]
+    fn a_frontier_at_zero_accuracy_still_shows_progress_in_its_loss() {
+        let mut policy = CurriculumPolicy::new(PolicyKind::Progress, 0.2, &targets()[..2]);
+        policy.observe("p0", &[stat_with_loss("a", 2, 100, 2.0), stat_with_loss("b", 2, 100, 2.0)]);
+        policy.observe("p1", &[stat_with_loss("a", 2, 100, 1.5), stat_with_loss("b", 2, 100, 1.98)]);
+        let choices = policy.choose();
+        assert!(choices[0].weight > 0.8, "a's loss fell 0.5 nats at 0% accuracy: {choices:?}");
+        assert!(choices[0].reason.contains("answer loss moved 0.500"), "{}", choices[0].reason);
     }
 
     #[test]

@@ -53,3 +53,20 @@ pub fn answer_loss(model: &Llama, batch: &Batch) -> Tensor<1> {
     let picked = log_softmax(logits, 2).gather(2, batch.targets.clone()).reshape([rows, width]);
     (picked * batch.mask.clone()).sum().neg().div_scalar(batch.answer_tokens)
 }
+
+/// Mean negative log-likelihood per answer token of each problem's own target, teacher-forced:
+/// a continuous measure of competence that moves before exact-match accuracy does (a frontier
+/// the model answers 0% right can still be getting closer).
+pub fn answer_nll(model: &Llama, problems: &[Problem], device: &Device) -> Vec<f32> {
+    let mut nll = Vec::with_capacity(problems.len());
+    for chunk in problems.chunks(256) {
+        let batch = Batch::new(chunk, device);
+        let logits = model.forward(batch.inputs.clone(), None);
+        let [rows, width, _] = logits.dims();
+        let picked = log_softmax(logits, 2).gather(2, batch.targets.clone()).reshape([rows, width]);
+        let per_row = (picked * batch.mask.clone()).sum_dim(1).reshape([rows]).neg();
+        let answer_tokens = batch.mask.clone().sum_dim(1).reshape([rows]).clamp_min(1.0);
+        nll.extend(per_row.div(answer_tokens).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 losses"));
+    }
+    nll
+}

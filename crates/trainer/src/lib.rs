@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-pub use batch::{Batch, answer_loss};
+pub use batch::{Batch, answer_loss, answer_nll};
 pub use surgery::{PcgradPlan, Projection, agem_project_flat, agem_project_grads, combine_grads, gradient_gram, pcgrad_plan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,6 +94,13 @@ pub enum LedgerQuery {
         #[command(flatten)]
         recent: Recent,
     },
+    /// The curriculum policy's choices per frontier target (skill x level), with reasons.
+    Policy {
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        recent: Recent,
+    },
     /// What changed from CYCLE_A to CYCLE_B: accuracy and refusal deltas, flipped items.
     Diff {
         cycle_a: u32,
@@ -171,6 +178,9 @@ async fn run(query: LedgerQuery) -> Result<(), LedgerError> {
         }
         Q::Quantized { source, recent, suite } => {
             windowed(&source, &recent, |l, w| async move { Ok(Table::from_rows(&l.quantized(w, suite.as_deref()).await?)) }).await
+        }
+        Q::Policy { source, recent } => {
+            windowed(&source, &recent, |l, w| async move { Ok(Table::from_rows(&l.policy(w).await?)) }).await
         }
         Q::ProxyGap { source, recent } => {
             windowed(&source, &recent, |l, w| async move { Ok(Table::from_rows(&l.proxy_gap(w).await?)) }).await

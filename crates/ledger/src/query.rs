@@ -100,6 +100,20 @@ pub struct ProxyGapRow {
 }
 table_row!(ProxyGapRow { run_id, cycle, skill, n, auc, calibration_error });
 
+/// One row of `v_curriculum_policy`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyRow {
+    pub run_id: RunId,
+    pub cycle: u32,
+    pub skill: String,
+    pub level: u32,
+    pub pass_rate: Option<f64>,
+    pub progress: Option<f64>,
+    pub weight: f64,
+    pub reason: String,
+}
+table_row!(PolicyRow { run_id, cycle, skill, level, pass_rate, progress, weight, reason });
+
 table_row!(CycleRow {
     run_id, cycle, status, parent_hash, checkpoint_hash, started_at, finished_at, examples_trained,
     reason
@@ -255,6 +269,9 @@ const BUDGET: &str = "SELECT run_id, cycle, role, gpu_seconds, busy_seconds, cos
 
 const PROXY_GAP: &str = "SELECT run_id, cycle, skill, n, auc, calibration_error
  FROM v_proxy_gap WHERE run_id = ?1 AND cycle >= ?2 ORDER BY cycle, skill";
+
+const POLICY: &str = "SELECT run_id, cycle, skill, level, pass_rate, progress, weight, reason
+ FROM v_curriculum_policy WHERE run_id = ?1 AND cycle >= ?2 ORDER BY cycle, skill, level";
 
 // v_lineage's recursive definition, seeded with one run's base only: the
 // view itself walks every run, and a filter outside a recursive CTE cannot
@@ -515,6 +532,27 @@ impl Ledger {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.sql(format!("reading proxy gap of run {}", w.run_id), e))
+    }
+
+    pub async fn policy(&self, w: Window) -> Result<Vec<PolicyRow>, LedgerError> {
+        sqlx::query(POLICY)
+            .bind(w.run_id)
+            .bind(w.first_cycle)
+            .try_map(|r: SqliteRow| {
+                Ok(PolicyRow {
+                    run_id: r.try_get("run_id")?,
+                    cycle: r.try_get("cycle")?,
+                    skill: r.try_get("skill")?,
+                    level: r.try_get("level")?,
+                    pass_rate: r.try_get("pass_rate")?,
+                    progress: r.try_get("progress")?,
+                    weight: r.try_get("weight")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.sql(format!("reading the curriculum policy of run {}", w.run_id), e))
     }
 
     /// Cycle `a` against cycle `b` of a run: per-suite accuracy deltas,

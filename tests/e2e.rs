@@ -148,6 +148,8 @@ async fn two_cycle_run_fills_the_public_views() {
 
     let status = evolve(&["status", "--ledger", db.to_str().unwrap()]);
     assert!(status.status.success() && text(&status).contains("run 1 (finished)"), "{}", text(&status));
+    let policy = evolve(&["ledger", "policy", "--ledger", db.to_str().unwrap()]);
+    assert!(policy.status.success() && text(&policy).lines().count() == 5 && text(&policy).contains("reversal"), "{}", text(&policy));
     let table = evolve(&["ledger", "cycles", "--ledger", db.to_str().unwrap()]);
     assert!(table.status.success() && text(&table).lines().count() == 4, "{}", text(&table));
 }

@@ -98,25 +98,69 @@ impl Context {
     /// `like`, the draw is restricted to that skill's pairs when it has any: replay matched to
     /// what is being learned protects the circuits the new data actually disturbs (a uniform
     /// replay spends most rows on skills the cycle never touched).
-    /// Without `like`, the skill is drawn uniformly first and then one of its levels, so a skill
-    /// taught at several levels does not take more than its share of pretraining.
+    /// Without `like`, every pair is equally likely, except that no skill may take more than
+    /// `QUOTA_MARGIN` of the curriculum's `max_skill_share` (a skill taught at many levels would
+    /// otherwise exceed its quota in pretraining).
     fn fresh_problem(&self, pairs: &[(String, u32)], like: Option<&str>, rng: &mut StdRng) -> Problem {
-        let mut skills: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
-        skills.dedup();
         let matched: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| Some(s.as_str()) == like).collect();
+        let shares = pair_shares(pairs, QUOTA_MARGIN * f64::from(self.curriculum.cycle.max_skill_share));
         loop {
-            let (skill, level) = if matched.is_empty() {
-                let skill = skills[rng.random_range(0..skills.len())];
-                let levels: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| s == skill).collect();
-                levels[rng.random_range(0..levels.len())]
-            } else {
+            let uniform = shares.iter().all(|s| (s - shares[0]).abs() < 1e-12);
+            let (skill, level) = if !matched.is_empty() {
                 matched[rng.random_range(0..matched.len())]
+            } else if uniform {
+                &pairs[rng.random_range(0..pairs.len())]
+            } else {
+                let mut u: f64 = rng.random();
+                let mut chosen = &pairs[pairs.len() - 1];
+                for (pair, share) in pairs.iter().zip(&shares) {
+                    if u < *share {
+                        chosen = pair;
+                        break;
+                    }
+                    u -= share;
+                }
+                chosen
             };
             if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
                 return p;
             }
         }
     }
+}
+
+/// Random draws fluctuate: a skill's expected share is kept this far under its quota.
+const QUOTA_MARGIN: f64 = 0.95;
+
+/// Probability of each `(skill, level)` pair: uniform, then capped per skill at `cap` with the
+/// excess spread over the other skills in proportion (water-filling). When there are too few
+/// skills for any split to stay under the cap, every skill gets the same share.
+fn pair_shares(pairs: &[(String, u32)], cap: f64) -> Vec<f64> {
+    let mut levels: BTreeMap<&str, f64> = BTreeMap::new();
+    for (s, _) in pairs {
+        *levels.entry(s).or_default() += 1.0;
+    }
+    let total: f64 = levels.values().sum();
+    let mut skill_share: BTreeMap<&str, f64> = levels.iter().map(|(s, n)| (*s, n / total)).collect();
+    if cap * (skill_share.len() as f64) < 1.0 {
+        let even = 1.0 / skill_share.len() as f64;
+        skill_share.values_mut().for_each(|v| *v = even);
+    } else {
+        let mut capped: HashSet<&str> = HashSet::new();
+        loop {
+            let over: Vec<&str> = skill_share.iter().filter(|(s, v)| **v > cap + 1e-12 && !capped.contains(*s)).map(|(s, _)| *s).collect();
+            if over.is_empty() {
+                break;
+            }
+            capped.extend(over);
+            let free: f64 = 1.0 - cap * capped.len() as f64;
+            let rest: f64 = levels.iter().filter(|(s, _)| !capped.contains(*s)).map(|(_, n)| n).sum();
+            for (s, v) in skill_share.iter_mut() {
+                *v = if capped.contains(s) { cap } else { free * levels[s] / rest };
+            }
+        }
+    }
+    pairs.iter().map(|(s, _)| skill_share[s.as_str()] / levels[s.as_str()]).collect()
 }
 
 // ---------------------------------------------------------------- generator
@@ -609,5 +653,31 @@ impl Context {
             model.linear_input_stats(tokens, &mut sums);
         }
         sums.layers.into_iter().map(|(name, s)| (name, ChannelStats { mean_sq: s.mean_sq(), mean_abs: s.mean_abs() })).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(spec: &[(&str, u32)]) -> Vec<(String, u32)> {
+        spec.iter().map(|(s, l)| (s.to_string(), *l)).collect()
+    }
+
+    #[test]
+    fn pretraining_shares_respect_the_skill_quota() {
+        // Refusal at two levels among five skills: 2/6 is under a 0.38 cap, so uniform stands.
+        let smoke = pairs(&[("a", 1), ("b", 1), ("c", 1), ("d", 1), ("r", 1), ("r", 2)]);
+        let shares = pair_shares(&smoke, 0.38);
+        assert!(shares.iter().all(|s| (s - 1.0 / 6.0).abs() < 1e-12), "{shares:?}");
+        // Three levels of one skill among three skills: capped at 0.38, the rest split evenly.
+        let heavy = pairs(&[("a", 1), ("b", 1), ("r", 1), ("r", 2), ("r", 3)]);
+        let shares = pair_shares(&heavy, 0.38);
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((shares[2] + shares[3] + shares[4] - 0.38).abs() < 1e-12, "{shares:?}");
+        assert!((shares[0] - 0.31).abs() < 1e-12 && (shares[1] - 0.31).abs() < 1e-12, "{shares:?}");
+        // Two skills cannot both stay under 0.38: each gets half, the fairest split there is.
+        let two = pairs(&[("a", 1), ("b", 1), ("b", 2)]);
+        assert_eq!(pair_shares(&two, 0.38), vec![0.5, 0.25, 0.25]);
     }
 }

@@ -1,7 +1,7 @@
 //! The generator role. Each cycle it
 //! 1. **mines**: answers fresh probe problems at the curriculum's target levels and keeps the
 //!    ones the current checkpoint gets wrong;
-//! 2. **synthesizes**: mutates each failure into neighbours (the skill's own operators: same
+//! 2. **synthesizes**: takes each failure and mutates it into neighbours (the skill's own operators: same
 //!    carry pattern, longer operand, near-miss brackets, a benign look-alike …), drops
 //!    duplicates, held-out prompts and candidates the verifier does not admit, samples `k`
 //!    answers per candidate and keeps those in the *learnability window* (pass rate in
@@ -128,6 +128,8 @@ pub struct SynthesisConfig {
     /// Relative effort per skill (the curriculum policy's choice); a skill not named, or an
     /// empty map, gets an even share.
     pub skill_weights: BTreeMap<String, f32>,
+    /// The (skill, level) pairs candidates must fall on; empty accepts any level.
+    pub targets: Vec<(String, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -180,10 +182,15 @@ pub fn synthesize(
     for failure in failures {
         let Some(skill) = skills.iter().find(|s| s.name() == failure.skill) else { continue };
         let stats = per_skill.entry(failure.skill.clone()).or_insert_with(|| SkillSynthesis { skill: failure.skill.clone(), ..Default::default() });
-        for _ in 0..config.mutations_per_failure {
-            let candidate = skill.mutate(failure, rng);
+        // The failure itself is the first candidate (a fresh problem the model got wrong), then
+        // its mutated neighbours; neighbours that left the curriculum's targets (a level up past
+        // the frontier) are not what the frontier suites measure, and are dropped.
+        let neighbours = (0..config.mutations_per_failure).map(|_| skill.mutate(failure, rng));
+        for candidate in std::iter::once(failure.clone()).chain(neighbours.collect::<Vec<_>>()) {
             stats.generated += 1;
-            let fresh = !exclude.held_out.contains(&candidate.prompt)
+            let on_target = config.targets.is_empty() || config.targets.iter().any(|(s, l)| *s == candidate.skill && *l == candidate.level);
+            let fresh = on_target
+                && !exclude.held_out.contains(&candidate.prompt)
                 && !exclude.history.contains(&candidate.prompt)
                 && seen.insert(candidate.prompt.clone());
             // An unverifiable skill's candidate gets its target from the model's own answers
@@ -318,7 +325,7 @@ mod tests {
 
     #[test]
     fn quota_caps_every_skill_and_window_comes_first() {
-        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.4, max_format_share: 1.0, skill_weights: BTreeMap::new() };
+        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.4, max_format_share: 1.0, skill_weights: BTreeMap::new(), targets: Vec::new() };
         let mut scored: Vec<Candidate> = (0..500).map(|i| cand("a", i, if i % 2 == 0 { 0.5 } else { 0.0 })).collect();
         scored.extend((0..10).map(|i| cand("b", i, 1.0)));
         let mut stats = BTreeMap::new();
@@ -336,7 +343,7 @@ mod tests {
     #[test]
     fn weights_split_the_batch_and_no_format_exceeds_its_share() {
         let weights: BTreeMap<String, f32> = [("a".to_string(), 3.0), ("b".to_string(), 1.0)].into();
-        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.6, max_format_share: 0.5, skill_weights: weights };
+        let config = SynthesisConfig { mutations_per_failure: 1, samples_k: 4, temperature: 1.0, window: (0.25, 0.75), examples: 100, max_skill_share: 0.6, max_format_share: 0.5, skill_weights: weights, targets: Vec::new() };
         let mut scored: Vec<Candidate> = (0..200).map(|i| cand("a", i, 0.5)).collect();
         for c in scored.iter_mut().take(20) {
             c.problem.knobs.push(("format".into(), 1));

@@ -318,6 +318,7 @@ impl Controller {
             max_skill_share: c.max_skill_share,
             max_format_share: c.max_format_share,
             skill_weights,
+            targets: self.ctx.curriculum.frontier(),
         }
     }
 

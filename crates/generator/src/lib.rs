@@ -8,7 +8,6 @@
 //!    `[p_lo, p_hi]`: solved sometimes, not always, not never), under a per-skill quota so that
 //!    no task type dominates the batch.
 //!
-//!
 //! Every response it sees is also kept as a verifier-labelled `Judgement`: the learned
 //! discriminator trains on them and its proxy gap is measured on them. For a skill the
 //! curriculum marks unverifiable, the learned judge decides instead of the verifier: which probes

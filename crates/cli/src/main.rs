@@ -35,8 +35,8 @@ enum Command {
         /// SQLite ledger; artifacts go to `artifacts/` beside it.
         #[arg(long, default_value = "runs/evolve.db")]
         ledger: PathBuf,
-        /// Which device of the budget's kind: `cpu`, or `cuda:N` for GPU N (needs a build with
-        /// `--features cuda`).
+        /// Which device of the budget's kind: `cpu`, `cuda:N` for GPU N (needs a build with
+        /// `--features cuda`), or `wgpu` / `wgpu:N` (needs `--features wgpu`).
         #[arg(long)]
         device: Option<String>,
         /// Number of cycles after the base (default: the curriculum's `cycle.max_cycles`).

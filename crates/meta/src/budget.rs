@@ -45,32 +45,59 @@ pub enum BudgetError {
     Device { device: String, why: String },
 }
 
-/// Where a process computes, as `--device` names it: `cpu` or `cuda:N`.
+/// Where a process computes, as `--device` names it: `cpu`, `cuda:N`, or `wgpu` / `wgpu:N`
+/// (the portable GPU backend: Vulkan, Metal or DirectX through wgpu; `wgpu` is the adapter wgpu
+/// ranks best, `wgpu:N` the N-th discrete GPU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
     Cpu,
     Cuda(usize),
+    Wgpu(Option<usize>),
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Wgpu(None) => write!(f, "wgpu"),
+            DeviceChoice::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
+        }
+    }
 }
 
 impl DeviceChoice {
     pub fn parse(text: &str) -> Result<DeviceChoice, BudgetError> {
         let bad = |why: &str| BudgetError::Device { device: text.to_string(), why: why.to_string() };
+        const VALID: &str = "valid: cpu, cuda:N, wgpu, wgpu:N (N = the GPU's index, from 0)";
         match text {
             "cpu" => Ok(DeviceChoice::Cpu),
-            _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-                _ => Err(bad("valid: cpu, cuda:N (N = the GPU's index, from 0)")),
-            },
+            "wgpu" => Ok(DeviceChoice::Wgpu(None)),
+            _ => {
+                if let Some(Ok(n)) = text.strip_prefix("cuda:").map(str::parse::<usize>) {
+                    Ok(DeviceChoice::Cuda(n))
+                } else if let Some(Ok(n)) = text.strip_prefix("wgpu:").map(str::parse::<usize>) {
+                    Ok(DeviceChoice::Wgpu(Some(n)))
+                } else {
+                    Err(bad(VALID))
+                }
+            }
         }
+    }
+
+    fn is_gpu(self) -> bool {
+        !matches!(self, DeviceChoice::Cpu)
     }
 
     /// The device, after checking that this build and this machine have it: burn panics deep
     /// inside its runtime when the CUDA driver is missing, so the driver and the device count are
-    /// asked first.
+    /// asked first; a wgpu device is acquired through burn's fallible initialisation, so a
+    /// machine without a GPU adapter is an error too.
     pub fn device(self) -> Result<Device, BudgetError> {
         match self {
             DeviceChoice::Cpu => Ok(evolve_model::cpu_device()),
             DeviceChoice::Cuda(index) => cuda_device(index),
+            DeviceChoice::Wgpu(index) => wgpu_device(index),
         }
     }
 }
@@ -110,14 +137,16 @@ impl Budget {
             }
             return Ok(evolve_model::cpu_device());
         }
-        if cfg!(feature = "cuda") {
+        if cfg!(any(feature = "cuda", feature = "wgpu")) {
             if self.count != 1 {
                 return unusable(format!("{} GPUs need a worker pool, which this version does not run yet; use `1x{}`", self.count, self.model.name));
             }
-            return cuda_device(0).map_err(|e| BudgetError::Unusable { spec: self.spec.clone(), why: e.to_string() });
+            // CUDA when built with it, else the portable wgpu backend.
+            let device = if cfg!(feature = "cuda") { cuda_device(0) } else { wgpu_device(None) };
+            return device.map_err(|e| BudgetError::Unusable { spec: self.spec.clone(), why: e.to_string() });
         }
         unusable(format!(
-            "asks for {} {} GPU(s), but this evolve was built without CUDA support; rebuild with `--features cuda` or use `1xcpu`",
+            "asks for {} {} GPU(s), but this evolve was built without GPU support (neither CUDA nor wgpu); rebuild with `--features cuda` or `--features wgpu`, or use `1xcpu`",
             self.count, self.model.name
         ))
     }
@@ -128,11 +157,11 @@ impl Budget {
         match choice {
             None => self.device(),
             Some(DeviceChoice::Cpu) if self.is_cpu() => self.device(),
-            Some(DeviceChoice::Cuda(_)) if !self.is_cpu() && self.count != 1 => self.device(),
-            Some(c @ DeviceChoice::Cuda(_)) if !self.is_cpu() => c.device(),
+            Some(c) if c.is_gpu() && !self.is_cpu() && self.count != 1 => self.device(),
+            Some(c) if c.is_gpu() && !self.is_cpu() => c.device(),
             Some(c) => Err(BudgetError::Unusable {
                 spec: self.spec.clone(),
-                why: format!("--device {} does not match the budget's device kind; use `--device {}`", match c { DeviceChoice::Cpu => "cpu".to_string(), DeviceChoice::Cuda(n) => format!("cuda:{n}") }, if self.is_cpu() { "cpu" } else { "cuda:N" }),
+                why: format!("--device {c} does not match the budget's device kind; use `--device {}`", if self.is_cpu() { "cpu" } else { "cuda:N`, `wgpu` or `wgpu:N" }),
             }),
         }
     }
@@ -158,6 +187,27 @@ fn cuda_device(index: usize) -> Result<Device, BudgetError> {
     Err(BudgetError::Device {
         device: format!("cuda:{index}"),
         why: "this evolve was built without CUDA support; rebuild with `cargo build --release -p evolve-cli --features cuda` on a machine with the CUDA toolkit, or run on the CPU with `--budget 1xcpu`".into(),
+    })
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device(index: Option<usize>) -> Result<Device, BudgetError> {
+    use burn::tensor::DeviceKind;
+    let name = DeviceChoice::Wgpu(index).to_string();
+    let kind = index.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu);
+    // burn's `Device::wgpu` would panic on first use without an adapter; `init` asks wgpu for
+    // one (and registers the runtime) and returns why not instead.
+    Device::wgpu_options().device_kind(kind).init().map_err(|e| BudgetError::Device {
+        device: name,
+        why: format!("no usable wgpu GPU adapter ({e}); is a Vulkan, Metal or DirectX 12 driver installed? Or run on the CPU with `--budget 1xcpu`"),
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device(index: Option<usize>) -> Result<Device, BudgetError> {
+    Err(BudgetError::Device {
+        device: DeviceChoice::Wgpu(index).to_string(),
+        why: "this evolve was built without wgpu support; rebuild with `cargo build --release -p evolve-cli --features wgpu`, or run on the CPU with `--budget 1xcpu`".into(),
     })
 }
 
@@ -228,7 +278,7 @@ mod tests {
     fn gpus_without_cuda_and_cpu_pools_are_refused() {
         if !cfg!(feature = "cuda") {
             let err = Budget::parse("2xRTX4090").unwrap().device().unwrap_err().to_string();
-            assert!(err.contains("without CUDA") && err.contains("1xcpu"), "{err}");
+            assert!(err.contains("without GPU support") && err.contains("1xcpu"), "{err}");
         }
         assert!(Budget::parse("2xcpu").unwrap().device().is_err());
         assert!(Budget::parse("1xcpu").unwrap().device().is_ok());
@@ -238,13 +288,23 @@ mod tests {
     fn device_choices_parse_and_unavailable_ones_are_errors() {
         assert_eq!(DeviceChoice::parse("cpu").unwrap(), DeviceChoice::Cpu);
         assert_eq!(DeviceChoice::parse("cuda:3").unwrap(), DeviceChoice::Cuda(3));
-        for bad in ["gpu", "cuda", "cuda:", "cuda:-1", "cuda:x", "CPU"] {
+        assert_eq!(DeviceChoice::parse("wgpu").unwrap(), DeviceChoice::Wgpu(None));
+        assert_eq!(DeviceChoice::parse("wgpu:1").unwrap(), DeviceChoice::Wgpu(Some(1)));
+        for bad in ["gpu", "cuda", "cuda:", "cuda:-1", "cuda:x", "CPU", "wgpu:", "wgpu:gpu", "wgpu1"] {
             let err = DeviceChoice::parse(bad).unwrap_err().to_string();
-            assert!(err.contains(bad) && err.contains("cuda:N"), "{bad}: {err}");
+            assert!(err.contains(bad) && err.contains("cuda:N") && err.contains("wgpu:N"), "{bad}: {err}");
         }
         assert!(DeviceChoice::Cpu.device().is_ok());
         // No GPU here: without the feature it names the rebuild; with it, the missing driver.
         let err = DeviceChoice::Cuda(0).device().unwrap_err().to_string();
         assert!(err.contains("cuda:0") && (err.contains("--features cuda") || err.contains("libcuda")), "{err}");
+        // Likewise wgpu: without the feature it names the rebuild; with it (and no GPU adapter
+        // on a CI machine) an error, never a panic.
+        if !cfg!(feature = "wgpu") {
+            let err = DeviceChoice::Wgpu(Some(2)).device().unwrap_err().to_string();
+            assert!(err.contains("wgpu:2") && err.contains("--features wgpu"), "{err}");
+        }
+        let err = Budget::parse("1xcpu").unwrap().device_with(Some(DeviceChoice::Wgpu(None))).unwrap_err().to_string();
+        assert!(err.contains("--device wgpu") && err.contains("--device cpu"), "{err}");
     }
 }

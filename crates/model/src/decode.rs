@@ -6,7 +6,9 @@
 
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use rayon::prelude::*;
 
+use crate::cpu_decode::{CpuDecoder, RowToken, Session};
 use crate::llama::{KvCache, Llama};
 use crate::tokenizer::{PAD, Tokenizer};
 
@@ -21,15 +23,18 @@ pub struct DecodeOptions {
     /// Keep keys and values of decoded positions instead of recomputing the prefix every step.
     /// Off only to measure what the cache saves.
     pub kv_cache: bool,
+    /// On the CPU, decode with the fused CPU decoder (`cpu_decode`) instead of burn's tensors.
+    /// Same tokens; off only to compare the two. Other devices always use burn's tensors.
+    pub fused_cpu: bool,
 }
 
 impl DecodeOptions {
     pub fn greedy(max_new_tokens: usize) -> Self {
-        DecodeOptions { max_new_tokens, temperature: 0.0, top_p: 1.0, batch_size: 256, seed: 0, kv_cache: true }
+        DecodeOptions { max_new_tokens, temperature: 0.0, top_p: 1.0, batch_size: 256, seed: 0, kv_cache: true, fused_cpu: true }
     }
 
     pub fn sampled(max_new_tokens: usize, temperature: f32, seed: u64) -> Self {
-        DecodeOptions { max_new_tokens, temperature, top_p: 1.0, batch_size: 256, seed, kv_cache: true }
+        DecodeOptions { max_new_tokens, temperature, top_p: 1.0, batch_size: 256, seed, kv_cache: true, fused_cpu: true }
     }
 }
 
@@ -40,13 +45,71 @@ pub fn decode_batch(model: &Llama, prompts: &[Vec<u32>], options: &DecodeOptions
     order.sort_by_key(|&i| prompts[i].len());
     let mut rng = StdRng::seed_from_u64(options.seed);
     let mut outputs = vec![Vec::new(); prompts.len()];
+    let fused = (options.fused_cpu && options.kv_cache && *device == crate::cpu_device() && prompts.iter().all(|p| !p.is_empty()))
+        .then(|| CpuDecoder::new(model));
     for chunk in order.chunks(options.batch_size.max(1)) {
-        let generated = decode_chunk(model, prompts, chunk, options, &mut rng, device);
+        let generated = match &fused {
+            Some(decoder) => decode_chunk_fused(decoder, prompts, chunk, options, &mut rng),
+            None => decode_chunk(model, prompts, chunk, options, &mut rng, device),
+        };
         for (&i, g) in chunk.iter().zip(generated) {
             outputs[i] = g;
         }
     }
     outputs
+}
+
+/// Rows below which a batch is not split further across threads: `gemm` loses efficiency on
+/// thinner matrices than this.
+const MIN_ROWS_PER_THREAD: usize = 8;
+
+/// One thread's share of a fused decoding chunk: a contiguous slice of its sequences.
+struct Part<'a> {
+    session: Session<'a>,
+    /// Sequences still generating, as (index in the part, position of its next token).
+    active: Vec<(usize, usize)>,
+    rows: Vec<RowToken>,
+}
+
+/// `decode_chunk` on the fused CPU decoder: the same rows choose in the same order with the same
+/// random draws, so the tokens are the same as burn's path (up to float rounding in the logits).
+/// The chunk is cut into one part per thread, each computed serially, so a step costs one fork
+/// and join instead of one inside every matrix product.
+fn decode_chunk_fused(decoder: &CpuDecoder, prompts: &[Vec<u32>], chunk: &[usize], options: &DecodeOptions, rng: &mut StdRng) -> Vec<Vec<u32>> {
+    let tokenizer = Tokenizer;
+    let vocab = decoder.vocab();
+    let width = chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(0);
+    let chunk_prompts: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+    let per_part = chunk.len().div_ceil(rayon::current_num_threads()).max(MIN_ROWS_PER_THREAD);
+    let mut parts: Vec<Part> = chunk_prompts
+        .chunks(per_part)
+        .map(|part| Part {
+            session: Session::new(decoder, part.len(), width + options.max_new_tokens),
+            active: part.iter().enumerate().map(|(sequence, p)| (sequence, p.len())).collect(),
+            rows: Vec::with_capacity(part.len()),
+        })
+        .collect();
+    parts.par_iter_mut().zip(chunk_prompts.par_chunks(per_part)).for_each(|(part, prompts)| part.session.prefill(prompts));
+    let mut generated = vec![Vec::new(); chunk.len()];
+    for step in 0..options.max_new_tokens {
+        // Sampling stays serial, in row order across the parts, so the draws match burn's path.
+        for (index, part) in parts.iter_mut().enumerate() {
+            part.rows.clear();
+            for (row, &(sequence, position)) in part.active.iter().enumerate() {
+                let next = choose(&part.session.logits[row * vocab..(row + 1) * vocab], options, rng);
+                generated[index * per_part + sequence].push(next);
+                if !tokenizer.is_stop(next) {
+                    part.rows.push(RowToken { sequence, position, token: next, wants_logits: true });
+                }
+            }
+            part.active = part.rows.iter().map(|r| (r.sequence, r.position + 1)).collect();
+        }
+        if parts.iter().all(|p| p.rows.is_empty()) || step + 1 == options.max_new_tokens {
+            break;
+        }
+        parts.par_iter_mut().filter(|p| !p.rows.is_empty()).for_each(|p| p.session.step(&p.rows));
+    }
+    generated
 }
 
 fn decode_chunk(

@@ -1038,6 +1038,89 @@ impl Ledger {
         .map_err(|e| self.sql("reading the last accepted cycle", e))
     }
 
+    /// Runs still marked `running`. While the caller holds the ledger's run
+    /// lock (see `evolve_meta::lock`) these are runs whose controller died:
+    /// interrupted, resumable.
+    pub async fn interrupted_runs(&self) -> Result<Vec<RunInfo>, LedgerError> {
+        sqlx::query(concat!(run_select!(), " WHERE status = 'running' ORDER BY run_id"))
+            .try_map(run_info)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.sql("reading the interrupted runs", e))
+    }
+
+    /// The example batch (artifact hash) each committed, trained cycle of a
+    /// run trained on, in cycle order: what a resumed run's generator must
+    /// exclude, exactly as the uninterrupted run would have. Read from the
+    /// trainer's `train` step (`detail_json.examples`); of a cycle attempted
+    /// more than once, the last attempt's. Cycles still running, failed
+    /// cycles and the base (cycle 0) have none.
+    pub async fn example_batches(&self, run_id: RunId) -> Result<Vec<(u32, String)>, LedgerError> {
+        sqlx::query_as::<_, (u32, String)>(
+            "SELECT s.cycle, json_extract(s.detail_json, '$.examples')
+               FROM steps AS s
+               JOIN cycles AS c ON c.run_id = s.run_id AND c.cycle = s.cycle
+              WHERE s.run_id = ?1 AND s.role = 'trainer' AND s.step = 'train'
+                AND c.status IN ('accepted', 'rejected')
+                AND json_extract(s.detail_json, '$.examples') IS NOT NULL
+                AND s.step_id = (SELECT MAX(t.step_id) FROM steps AS t
+                                  WHERE t.run_id = s.run_id AND t.cycle = s.cycle
+                                    AND t.role = 'trainer' AND t.step = 'train')
+              ORDER BY s.cycle",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.sql(format!("reading the example batches of run {run_id}"), e))
+    }
+
+    /// Wall seconds since the run started (for a resumed run's duration budget).
+    pub async fn run_elapsed_seconds(&self, run_id: RunId) -> Result<f64, LedgerError> {
+        let elapsed: Option<f64> = sqlx::query_scalar(
+            "SELECT (julianday('now') - julianday(started_at)) * 86400.0 FROM runs WHERE run_id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.sql(format!("reading the start of run {run_id}"), e))?;
+        elapsed.map(|s| s.max(0.0)).ok_or_else(|| self.unknown_run(run_id))
+    }
+
+    /// The newest accepted checkpoint of any run with model preset `preset`
+    /// (a run's base counts once committed): where a continuing run, such as
+    /// a nightly one, starts from.
+    pub async fn last_accepted_of_preset(&self, preset: &str) -> Result<Option<CycleRow>, LedgerError> {
+        sqlx::query(concat!(
+            cycle_select!(),
+            "
+             WHERE run_id IN (SELECT run_id FROM runs WHERE preset = ?1)
+               AND checkpoint_hash IS NOT NULL
+               AND (status = 'accepted' OR (cycle = 0 AND status <> 'running'))
+             ORDER BY run_id DESC, cycle DESC
+             LIMIT 1"
+        ))
+        .bind(preset)
+        .try_map(cycle_row)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.sql(format!("reading the last accepted checkpoint of preset {preset}"), e))
+    }
+
+    /// The codecs recorded for one checkpoint of one cycle (lossless and
+    /// quantized copies), sorted: a resumed run redoes a recompression that
+    /// the crash cut short.
+    pub async fn compression_codecs(&self, run_id: RunId, cycle: u32, checkpoint_hash: &str) -> Result<Vec<String>, LedgerError> {
+        sqlx::query_scalar(
+            "SELECT codec FROM compression WHERE run_id = ? AND cycle = ? AND checkpoint_hash = ? ORDER BY codec",
+        )
+        .bind(run_id)
+        .bind(cycle)
+        .bind(checkpoint_hash)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.sql(format!("reading the compression of run {run_id} cycle {cycle}"), e))
+    }
+
     /// Closes every connection (of all clones of this handle), letting SQLite
     /// checkpoint the WAL back into the main file.
     pub async fn close(self) {

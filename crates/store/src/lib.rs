@@ -3,11 +3,19 @@
 //! fsync, rename), and every read re-hashes what it read, so a torn or tampered artifact is an
 //! error, never wrong data.
 //!
+//! A writer killed mid-write (kill -9, power loss) leaves only its temp file
+//! (`.<name>.tmp-<pid>-<n>`), never a partial artifact; opening the store removes the temp
+//! files whose writer process is gone.
+//!
 //! Architecture invariants: bytes in, bytes out. This crate knows nothing of models, codecs or
 //! the ledger; it is the one place in the workspace that writes files atomically.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Distinguishes concurrent writes of the same name by one process.
+static WRITES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,7 +37,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -49,10 +57,49 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
+    /// Opens (creating) the store and removes stale temp files (see [`Self::remove_stale_temp_files`]).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|source| StoreError::Io { path: root.clone(), source })?;
-        Ok(ArtifactStore { root })
+        let store = ArtifactStore { root };
+        store.remove_stale_temp_files()?;
+        Ok(store)
+    }
+
+    /// Removes the temp files of writes that can no longer finish: those whose writer process
+    /// (the pid in the name) is not running on this machine. A live writer's temp file is left
+    /// alone. Returns the paths removed.
+    pub fn remove_stale_temp_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let io = |source| StoreError::Io { path: self.root.clone(), source };
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(temp_file_writer) else { continue };
+            if !process_alive(pid) {
+                let path = entry.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed.push(path),
+                    // Another opener removed it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StoreError::Io { path, source }),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The temp files present now (a finished run leaves none).
+    pub fn temp_files(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let io = |source| StoreError::Io { path: self.root.clone(), source };
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_name().to_str().and_then(temp_file_writer).is_some() {
+                found.push(entry.path());
+            }
+        }
+        Ok(found)
     }
 
     pub fn root(&self) -> &Path {
@@ -96,6 +143,24 @@ impl ArtifactStore {
     }
 }
 
+/// The writer's pid of a temp file name written by [`write_atomic`]
+/// (`.<name>.tmp-<pid>-<n>`, or `.<name>.tmp-<pid>` from older versions).
+fn temp_file_writer(name: &str) -> Option<u32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (_, tail) = name.rsplit_once(".tmp-")?;
+    let pid = tail.split('-').next()?;
+    pid.parse().ok()
+}
+
+/// Whether `pid` is a running process here. Without `/proc` nothing can be told, so every
+/// writer counts as alive and nothing is removed.
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +186,29 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"x\":1}");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn opening_removes_temp_files_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let kept = store.put("bin", b"whole").unwrap();
+        // A process that has exited: its pid is free (until reused, which this test outpaces).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = [format!(".{kept}.bin.tmp-{dead}-0"), format!(".x.safetensors.tmp-{dead}")];
+        let live = format!(".y.bin.tmp-{}-3", std::process::id());
+        for name in stale.iter().chain([&live]) {
+            std::fs::write(dir.path().join(name), b"half").unwrap();
+        }
+        assert_eq!(store.temp_files().unwrap().len(), 3);
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, vec![live.clone(), format!("{kept}.bin")]);
+        assert_eq!(store.get(&kept, "bin").unwrap(), b"whole");
+        assert_eq!(temp_file_writer("a.bin"), None);
+        assert_eq!(temp_file_writer(".a.tmp-12-4"), Some(12));
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use evolve_ledger::Ledger;
-use evolve_meta::{Budget, DeviceChoice, RunOptions};
+use evolve_meta::{Budget, DeviceChoice, RunOptions, StartMode};
 
 mod bench_cmd;
 mod compress_cmd;
@@ -45,6 +45,18 @@ enum Command {
         /// No progress bars (logs only).
         #[arg(long)]
         no_progress: bool,
+        /// Resume the interrupted run of this curriculum (an error if there is none). Without
+        /// --resume or --fresh, an interrupted run of the same curriculum is resumed and
+        /// otherwise a new run begins.
+        #[arg(long, conflicts_with = "fresh")]
+        resume: bool,
+        /// Always begin a new run; interrupted runs in the ledger are closed as stopped.
+        #[arg(long)]
+        fresh: bool,
+        /// Print the plan of the budget (workers per role and device, memory fit, expected cycle
+        /// time and cost) and exit without training or touching the ledger.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Measure the loop's claims on a curriculum at equal seeds and training budgets:
     /// adversarial vs uniform examples, and A-GEM vs PCGrad vs no surgery. Each arm is a run in
@@ -146,9 +158,15 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> Result<(), String> {
     match command {
-        Command::Start { budget, curriculum, ledger, device, cycles, no_progress } => {
+        Command::Start { budget, curriculum, ledger, device, cycles, no_progress, resume, fresh, dry_run } => {
             // The budget and the device are checked before anything touches the disk.
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
+            if dry_run {
+                let plan = evolve_meta::plan::plan_for(&budget, &curriculum).map_err(|e| e.to_string())?;
+                print!("{}", plan.render());
+                return Ok(());
+            }
+            let start = if resume { StartMode::Resume } else if fresh { StartMode::Fresh } else { StartMode::Auto };
             let device = device.as_deref().map(DeviceChoice::parse).transpose().map_err(|e| e.to_string())?;
             budget.device_with(device).map_err(|e| e.to_string())?;
             let options = RunOptions {
@@ -161,6 +179,7 @@ async fn execute(command: Command) -> Result<(), String> {
                 variant: Default::default(),
                 base: None,
                 recompress: true,
+                start,
             };
             let summary = evolve_meta::run(options)
                 .await

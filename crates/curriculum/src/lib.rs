@@ -54,6 +54,28 @@ pub struct Pretrain {
     pub learning_rate: f64,
     #[serde(default = "default_warmup")]
     pub warmup_steps: usize,
+    /// Where a new run's base comes from (`pretrain`, the default, or `last-accepted`).
+    /// Skipped when default so that older curricula keep their hash.
+    #[serde(default, skip_serializing_if = "BaseSource::is_pretrain")]
+    pub base: BaseSource,
+}
+
+/// Where a new run's base (cycle 0) comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseSource {
+    /// Pretrain from scratch on the mastered levels.
+    #[default]
+    Pretrain,
+    /// Continue from the newest accepted checkpoint of the same preset in the ledger (nightly
+    /// runs); pretrain only when the ledger has none.
+    LastAccepted,
+}
+
+impl BaseSource {
+    pub fn is_pretrain(&self) -> bool {
+        *self == BaseSource::Pretrain
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1052,17 +1052,17 @@ impl Ledger {
     /// The example batch (artifact hash) each committed, trained cycle of a
     /// run trained on, in cycle order: what a resumed run's generator must
     /// exclude, exactly as the uninterrupted run would have. Read from the
-    /// trainer's `train` step (`detail_json.examples`); of a cycle attempted
+    /// trainer's `train` step (`detail_json.examples_batch`); of a cycle attempted
     /// more than once, the last attempt's. Cycles still running, failed
     /// cycles and the base (cycle 0) have none.
     pub async fn example_batches(&self, run_id: RunId) -> Result<Vec<(u32, String)>, LedgerError> {
         sqlx::query_as::<_, (u32, String)>(
-            "SELECT s.cycle, json_extract(s.detail_json, '$.examples')
+            "SELECT s.cycle, json_extract(s.detail_json, '$.examples_batch')
                FROM steps AS s
                JOIN cycles AS c ON c.run_id = s.run_id AND c.cycle = s.cycle
               WHERE s.run_id = ?1 AND s.role = 'trainer' AND s.step = 'train'
                 AND c.status IN ('accepted', 'rejected')
-                AND json_extract(s.detail_json, '$.examples') IS NOT NULL
+                AND json_extract(s.detail_json, '$.examples_batch') IS NOT NULL
                 AND s.step_id = (SELECT MAX(t.step_id) FROM steps AS t
                                   WHERE t.run_id = s.run_id AND t.cycle = s.cycle
                                     AND t.role = 'trainer' AND t.step = 'train')

@@ -60,18 +60,18 @@ async fn resume_queries_read_what_the_interrupted_run_committed() {
     // Cycle 1: trained on batch b1, accepted. Its first attempt crashed after training on the
     // same batch; the last attempt's step is the one that counts.
     ledger.start_cycle(run, 1, Some("base2")).await.unwrap();
-    ledger.record_step(&step(run, 1, "trainer", "train", r#"{"examples":"b1-first-attempt"}"#)).await.unwrap();
+    ledger.record_step(&step(run, 1, "trainer", "train", r#"{"examples_batch":"b1-first-attempt"}"#)).await.unwrap();
     ledger.start_cycle(run, 1, Some("base2")).await.unwrap();
-    ledger.record_step(&step(run, 1, "generator", "synthesize", r#"{"examples":"not-a-train-step"}"#)).await.unwrap();
-    ledger.record_step(&step(run, 1, "trainer", "train", r#"{"examples":"b1","steps":6}"#)).await.unwrap();
+    ledger.record_step(&step(run, 1, "generator", "synthesize", r#"{"examples_batch":"not-a-train-step"}"#)).await.unwrap();
+    ledger.record_step(&step(run, 1, "trainer", "train", r#"{"examples_batch":"b1","steps":6}"#)).await.unwrap();
     ledger.commit_cycle(&outcome(run, 1, CycleStatus::Accepted, "c1")).await.unwrap();
     // Cycle 2: rejected, batch b2.
     ledger.start_cycle(run, 2, Some("c1")).await.unwrap();
-    ledger.record_step(&step(run, 2, "trainer", "train", r#"{"examples":"b2"}"#)).await.unwrap();
+    ledger.record_step(&step(run, 2, "trainer", "train", r#"{"examples_batch":"b2"}"#)).await.unwrap();
     ledger.commit_cycle(&outcome(run, 2, CycleStatus::Rejected, "c2")).await.unwrap();
     // Cycle 3: trained, then the controller died before the commit: not history yet.
     ledger.start_cycle(run, 3, Some("c1")).await.unwrap();
-    ledger.record_step(&step(run, 3, "trainer", "train", r#"{"examples":"b3"}"#)).await.unwrap();
+    ledger.record_step(&step(run, 3, "trainer", "train", r#"{"examples_batch":"b3"}"#)).await.unwrap();
 
     let interrupted = ledger.interrupted_runs().await.unwrap();
     assert_eq!(interrupted.iter().map(|r| (r.run_id, r.curriculum_hash.as_str())).collect::<Vec<_>>(), vec![(run, "h2")]);

@@ -12,7 +12,7 @@ use evolve_ledger::{AblationArm, Ledger};
 use evolve_trainer::Surgery;
 
 use crate::budget::{Budget, DeviceChoice};
-use crate::controller::{RunOptions, Variant, run};
+use crate::controller::{RunOptions, StartMode, Variant, run};
 use crate::Error;
 
 pub struct AblateOptions {
@@ -65,6 +65,8 @@ pub async fn ablate(options: AblateOptions) -> Result<AblationReport, Error> {
             // Every arm starts from the first arm's base: same seed, same weights.
             base: base.clone(),
             recompress: false,
+            // Each arm is a run of its own, never the continuation of an earlier one.
+            start: StartMode::Fresh,
         })
         .await?;
         base.get_or_insert(summary.base.clone());

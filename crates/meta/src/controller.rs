@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use evolve_compress::quant::{QuantScheme, dequantize_checkpoint, quantize_checkpoint};
 use evolve_compress::{Codec, round_trip, round_trip_delta};
-use evolve_curriculum::{Curriculum, ExampleSampling, PolicyKind};
+use evolve_curriculum::{BaseSource, Curriculum, ExampleSampling, PolicyKind};
 use evolve_ledger::{
-    CheckpointRecord, CompressionExtras, CompressionRecord, CycleExtras, CycleOutcome, CycleStatus, EvalItems, ExampleStats, Ledger, NewRun,
-    PolicyChoice, ProxyGapRecord, QuantizedEval, RefusalResult, RoleUsage, RunId, RunStatus, StepRecord, SuiteResult, SurgeryStats, now_iso,
+    CheckpointRecord, CompressionExtras, CompressionRecord, CycleExtras, CycleOutcome, CycleRow, CycleStatus, EvalItems, ExampleStats, Ledger,
+    NewRun, PolicyChoice, RunInfo, ProxyGapRecord, QuantizedEval, RefusalResult, RoleUsage, RunId, RunStatus, StepRecord, SuiteResult, SurgeryStats, now_iso,
 };
 use evolve_store::ArtifactStore;
 use evolve_trainer::{OptimizerKind, StepInfo, Surgery, TrainConfig};
@@ -20,6 +20,8 @@ use tracing::info;
 
 use crate::budget::{Budget, DeviceChoice};
 use crate::gate::decide;
+use crate::lock::RunLock;
+use crate::resume::{ResumePoint, resume_point};
 use crate::progress::{Choice, CurriculumPolicy, skill_weights};
 use crate::roles::{
     CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, LocalEvaluator,
@@ -43,6 +45,22 @@ pub struct RunOptions {
     /// Store compressed and quantized copies of accepted checkpoints (off in ablation arms,
     /// which compare training, not storage).
     pub recompress: bool,
+    /// Whether to resume an interrupted run or start a new one.
+    pub start: StartMode,
+}
+
+/// What `evolve start` does with a run of the ledger that was interrupted (its controller died:
+/// status still `running`, run lock free).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartMode {
+    /// Resume the newest interrupted run of the same curriculum (same curriculum hash) if there
+    /// is one, else start a new run.
+    #[default]
+    Auto,
+    /// Resume the interrupted run of this curriculum; an error if there is none.
+    Resume,
+    /// Always start a new run.
+    Fresh,
 }
 
 /// Curriculum settings an ablation varies; `None` keeps the file's value.
@@ -106,19 +124,44 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
             evolve_model::preset_names().join(", ")
         ))
     })??;
+    // One run per ledger: held until this function returns or the process dies.
+    let _lock = RunLock::acquire(&options.ledger_path)?;
     let ledger = Ledger::open(&options.ledger_path).await?;
     let artifacts = options.ledger_path.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.join("artifacts")).unwrap_or_else(|| PathBuf::from("artifacts"));
     let store = ArtifactStore::open(&artifacts)?;
-    let run_id = ledger
-        .begin_run(&NewRun {
-            curriculum: curriculum.name.clone(),
-            curriculum_hash: curriculum.hash(),
-            budget: options.budget.spec.clone(),
-            preset: curriculum.preset.clone(),
-            seed: curriculum.seed,
-            config_json: serde_json::to_string(&curriculum).expect("serializable curriculum"),
-        })
-        .await?;
+    let (run_id, origin, seed) = match choose_run(&ledger, &curriculum, &options).await? {
+        Chosen::Resume(run) => {
+            let cycles = ledger.cycles(Some(run.run_id)).await?;
+            let batches = ledger.example_batches(run.run_id).await?;
+            let point = resume_point(&cycles, &batches).map_err(|why| {
+                Error::Invalid(format!("ledger {}: run {} cannot be resumed: {why}; start a new run with --fresh", options.ledger_path.display(), run.run_id))
+            })?;
+            let spent = ledger.run_elapsed_seconds(run.run_id).await?;
+            info!(run_id = run.run_id, next_cycle = point.next_cycle, interrupted = ?point.interrupted_cycle, "resuming the interrupted run");
+            (run.run_id, Origin::Resume { point, spent: std::time::Duration::from_secs_f64(spent) }, run.seed)
+        }
+        Chosen::New(from) => {
+            // A continuing run mixes its base checkpoint into the seed, so consecutive nightly
+            // runs of one curriculum draw different probes; resumes read it back from the ledger.
+            let continue_from = options.base.clone().or_else(|| from.as_ref().and_then(|row| row.checkpoint_hash.clone()));
+            let seed = match (&options.base, &continue_from) {
+                (None, Some(hash)) => curriculum.seed ^ hash.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0),
+                _ => curriculum.seed,
+            };
+            let run_id = ledger
+                .begin_run(&NewRun {
+                    curriculum: curriculum.name.clone(),
+                    curriculum_hash: curriculum.hash(),
+                    budget: options.budget.spec.clone(),
+                    preset: curriculum.preset.clone(),
+                    seed,
+                    config_json: serde_json::to_string(&curriculum).expect("serializable curriculum"),
+                })
+                .await?;
+            (run_id, Origin::New { base: continue_from }, seed)
+        }
+    };
+    curriculum.seed = seed;
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
     let ctx = Context::new(curriculum, model_config, store, device);
@@ -138,7 +181,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         progress: options.progress,
         usage: Mutex::default(),
     };
-    let result = controller.evolve(options.cycles, options.base.as_deref()).await;
+    let result = controller.evolve(options.cycles, origin).await;
     match &result {
         Ok(summary) => ledger.finish_run(run_id, RunStatus::Finished, Some(&summary.stop_reason)).await?,
         Err(e) => ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?,
@@ -182,20 +225,35 @@ const QUANTIZED: [(&str, QuantScheme, bool); 3] = [
 const CALIBRATION_PER_LEVEL: usize = 32;
 
 impl Controller {
-    async fn evolve(&mut self, cycles: Option<u32>, reuse_base: Option<&str>) -> Result<RunSummary, Error> {
+    async fn evolve(&mut self, cycles: Option<u32>, origin: Origin) -> Result<RunSummary, Error> {
         let started = Instant::now();
         let max_cycles = cycles.unwrap_or(self.ctx.curriculum.cycle.max_cycles);
-        let (base_hash, base_eval) = self.base(reuse_base).await?;
+        // Wall time the run had already spent before this process (a resumed run's budget).
+        let mut spent_before = std::time::Duration::ZERO;
+        let (base_hash, base_eval, mut parent, mut history, first, mut accepted) = match origin {
+            Origin::New { base } => {
+                let (hash, eval) = self.base(base.as_deref()).await?;
+                (hash.clone(), eval.clone(), (hash, eval), Vec::new(), 1, 0)
+            }
+            Origin::Resume { point, spent } => {
+                spent_before = spent;
+                if let Some(reason) = point.ended {
+                    info!(run_id = self.run_id, %reason, "the interrupted run had already ended");
+                    let last = point.parent.clone().unwrap_or_default();
+                    let base = point.base.clone().unwrap_or_default();
+                    let cycles = point.next_cycle.saturating_sub(1);
+                    return Ok(RunSummary { run_id: self.run_id, cycles, accepted: point.accepted, last_accepted: last, seconds: 0.0, stop_reason: reason, base, outcomes: self.outcomes.clone() });
+                }
+                self.resumed(point, max_cycles).await?
+            }
+        };
         self.outcomes.base_frontier = mean_accuracy(&base_eval, SuiteRole::Frontier);
         self.outcomes.base_refusal = base_eval.refusal.refusal_rate();
-        let mut parent = (base_hash.clone(), base_eval.clone());
-        let mut history = Vec::new();
-        let mut accepted = 0;
-        let mut done = 0;
+        let mut done = first.saturating_sub(1);
         let mut stop_reason = format!("cycle limit ({max_cycles}) reached");
-        for cycle in 1..=max_cycles {
+        for cycle in first..=max_cycles {
             if let Some(limit) = self.budget.duration
-                && started.elapsed() >= limit
+                && spent_before + started.elapsed() >= limit
             {
                 stop_reason = format!("budget duration {:?} spent", limit);
                 break;
@@ -234,6 +292,89 @@ impl Controller {
             base: base_hash,
             outcomes: self.outcomes.clone(),
         })
+    }
+
+    /// Rebuilds what the uninterrupted run would hold in memory at the resume point, from what
+    /// its ledger committed: the base's and the parent's evaluations (evaluation is
+    /// deterministic, and the gate needs per-problem results the ledger does not keep for
+    /// refusal probes), the history of example batches, the curriculum policy's observations,
+    /// the learned judge and its judgement batches, and a complete recompression of the last
+    /// accepted checkpoint. Returns the loop's state.
+    #[allow(clippy::type_complexity)]
+    async fn resumed(&mut self, point: ResumePoint, max_cycles: u32) -> Result<(String, Evaluation, (String, Evaluation), Vec<String>, u32, u32), Error> {
+        let Some(base_hash) = point.base.clone() else {
+            // The base itself was interrupted: make it again (same seed, same weights; a
+            // continuing run finds the same last accepted checkpoint, this run having committed
+            // nothing).
+            let reuse = match self.ctx.curriculum.pretrain.base {
+                BaseSource::LastAccepted => self.ledger.last_accepted_of_preset(&self.ctx.curriculum.preset).await?.and_then(|row| row.checkpoint_hash),
+                BaseSource::Pretrain => None,
+            };
+            let (hash, eval) = self.base(reuse.as_deref()).await?;
+            return Ok((hash.clone(), eval.clone(), (hash, eval), Vec::new(), 1, 0));
+        };
+        let next = point.next_cycle;
+        let steps_at = now_iso();
+        let t = Instant::now();
+        self.replay_committed(next).await?;
+        let base_eval = self.evaluator.evaluate(&base_hash)?;
+        let parent_hash = point.parent.clone().unwrap_or_else(|| base_hash.clone());
+        let parent_eval = if parent_hash == base_hash { base_eval.clone() } else { self.evaluator.evaluate(&parent_hash)? };
+        let mut recompressed = None;
+        if self.recompress
+            && let Some((cycle, checkpoint, its_parent)) = &point.last_accepted
+        {
+            let recorded = self.ledger.compression_codecs(self.run_id, *cycle, checkpoint).await?;
+            let missing: Vec<String> = expected_codecs(its_parent.is_some()).into_iter().filter(|c| !recorded.contains(c)).collect();
+            if !missing.is_empty() {
+                // The crash cut this accepted cycle's recompression short; every copy is redone
+                // (each write is atomic and each ledger row an upsert).
+                info!(cycle, missing = ?missing, "redoing the interrupted recompression");
+                self.recompress(*cycle, checkpoint, its_parent.as_deref(), &parent_eval).await?;
+                recompressed = Some(serde_json::json!({"cycle": cycle, "codecs": missing}));
+            }
+        }
+        let detail = serde_json::json!({
+            "next_cycle": next,
+            "interrupted_cycle": point.interrupted_cycle,
+            "base": base_hash,
+            "parent": parent_hash,
+            "history": point.history.len(),
+            "judge": self.judge,
+            "recompressed": recompressed,
+        });
+        // Logged under the cycle about to run, before it starts: the steps of an interrupted
+        // attempt of that cycle are the ones before this row.
+        self.step(next.min(max_cycles.max(1)), "meta", "resume", &steps_at, t.elapsed().as_secs_f64() * 1e3, &detail).await?;
+        Ok((base_hash, base_eval, (parent_hash, parent_eval), point.history, next, point.accepted))
+    }
+
+    /// Replays the committed cycles before `next` into the curriculum policy (what mining found
+    /// under each cycle's parent) and the learned judge (its latest checkpoint and every
+    /// judgement batch so far), from the steps those cycles logged. Steps of an interrupted
+    /// attempt of a cycle are superseded by the later attempt's: the last of each kind counts.
+    async fn replay_committed(&mut self, next: u32) -> Result<(), Error> {
+        let cycles = self.ledger.cycles(Some(self.run_id)).await?;
+        let steps = self.ledger.steps(self.run_id, None).await?;
+        let last = |cycle: u32, role: &str, name: &str| steps.iter().rev().find(|s| s.cycle == cycle && s.role == role && s.step == name);
+        let broken = |cycle: u32, what: &str, e: &dyn std::fmt::Display| Error::Invalid(format!("run {} cycle {cycle}: cannot resume: its {what} step's detail is unreadable: {e}", self.run_id));
+        for row in cycles.iter().filter(|c| c.cycle < next) {
+            if row.cycle > 0
+                && let (Some(mine), Some(parent)) = (last(row.cycle, "generator", "mine"), row.parent_hash.as_deref())
+            {
+                let stats: Vec<evolve_generator::MiningStat> = serde_json::from_str(&mine.detail_json).map_err(|e| broken(row.cycle, "mine", &e))?;
+                self.policy.observe(parent, &stats);
+            }
+            if let Some(judge) = last(row.cycle, "discriminator", "train-judge") {
+                let detail: serde_json::Value = serde_json::from_str(&judge.detail_json).map_err(|e| broken(row.cycle, "train-judge", &e))?;
+                let (Some(checkpoint), Some(batch)) = (detail["checkpoint"].as_str(), detail["judgements_batch"].as_str()) else {
+                    return Err(broken(row.cycle, "train-judge", &"no checkpoint or judgements_batch"));
+                };
+                self.judge = Some(checkpoint.to_string());
+                self.judgements.push(batch.to_string());
+            }
+        }
+        Ok(())
     }
 
     /// Cycle 0: pretrain the base on the mastered levels (or take `reuse` as it), evaluate it
@@ -337,7 +478,13 @@ impl Controller {
         };
         let started = now_iso();
         let result: JudgeResult = self.evaluator.judge(&job)?;
-        self.step(cycle, "discriminator", "train-judge", &started, result.train_ms + result.score_ms, &result).await?;
+        // The judgement batch goes into the step's detail: a resumed run rebuilds the judge's
+        // training set from these.
+        let mut detail = serde_json::to_value(&result)?;
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("judgements_batch".into(), generated.judgements.clone().into());
+        }
+        self.step(cycle, "discriminator", "train-judge", &started, result.train_ms + result.score_ms, &detail).await?;
         self.judge = Some(result.checkpoint.clone());
         let gaps: Vec<String> = result.gap.iter().map(|g| format!("{} AUC {}", g.skill, g.auc.map_or("n/a".into(), |a| format!("{a:.2}")))).collect();
         info!(cycle, trained_on = result.trained_on, "learned judge: {}", gaps.join(", "));
@@ -496,7 +643,13 @@ impl Controller {
         bar.finish_and_clear();
         let r = &result.last().report;
         info!(cycle = job.cycle, steps = r.steps, first_loss = r.first_loss, last_loss = r.last_loss, tokens_per_s = format!("{:.0}", r.tokens_per_second()), projected = r.projected_steps, "{step_name} done");
-        self.step(job.cycle, "trainer", step_name, &started, r.seconds * 1e3, &r).await?;
+        // The example batch goes into the step's detail: a resumed run rebuilds the generator's
+        // history of earlier batches from these (`Ledger::example_batches`).
+        let mut detail = serde_json::to_value(r)?;
+        if let (Some(batch), Some(map)) = (&job.examples, detail.as_object_mut()) {
+            map.insert("examples_batch".into(), batch.clone().into());
+        }
+        self.step(job.cycle, "trainer", step_name, &started, r.seconds * 1e3, &detail).await?;
         Ok(result)
     }
 
@@ -795,6 +948,74 @@ impl Controller {
         bar.set_prefix(label.to_string());
         bar
     }
+}
+
+/// How a run begins.
+enum Origin {
+    /// A new run: pretrain a base, or (`Some`) take this stored checkpoint as the base.
+    New { base: Option<String> },
+    /// An interrupted run, from where its ledger stands; `spent`: its wall time so far.
+    Resume { point: ResumePoint, spent: std::time::Duration },
+}
+
+enum Chosen {
+    Resume(RunInfo),
+    /// A new run, continuing from this checkpoint or (`None`) pretraining.
+    New(Option<CycleRow>),
+}
+
+/// Decides between resuming an interrupted run and beginning a new one (see [`StartMode`]).
+/// Interrupted runs that are not resumed are closed as `stopped`, so the ledger never shows two
+/// runs in progress. Must be called with the run lock held: only then is a `running` run known
+/// to be interrupted.
+async fn choose_run(ledger: &Ledger, curriculum: &Curriculum, options: &RunOptions) -> Result<Chosen, Error> {
+    let interrupted = ledger.interrupted_runs().await?;
+    let hash = curriculum.hash();
+    let resumable = match options.start {
+        StartMode::Fresh => None,
+        _ => interrupted.iter().rev().find(|r| r.curriculum_hash == hash).cloned(),
+    };
+    if options.start == StartMode::Resume && resumable.is_none() {
+        let latest = match ledger.latest_run().await? {
+            Some(r) => format!("its latest run is run {} of curriculum `{}`, {}", r.run_id, r.curriculum, r.status),
+            None => "it has no runs".into(),
+        };
+        return Err(Error::Invalid(format!(
+            "ledger {}: --resume: there is no interrupted run of curriculum `{}` ({}) to resume ({latest}); run without --resume to start a new run",
+            options.ledger_path.display(),
+            curriculum.name,
+            options.curriculum_path.display()
+        )));
+    }
+    for run in interrupted.iter().filter(|r| Some(r.run_id) != resumable.as_ref().map(|r| r.run_id)) {
+        let why = match options.start {
+            StartMode::Fresh => "interrupted (its controller died); not resumed: a new run was started with --fresh".to_string(),
+            _ => format!("interrupted (its controller died); not resumed: a new run was started with another curriculum ({})", options.curriculum_path.display()),
+        };
+        tracing::warn!(run_id = run.run_id, "closing interrupted run {} as stopped: {why}", run.run_id);
+        ledger.finish_run(run.run_id, RunStatus::Stopped, Some(&why)).await?;
+    }
+    if let Some(run) = resumable {
+        return Ok(Chosen::Resume(run));
+    }
+    if options.base.is_none() && curriculum.pretrain.base == BaseSource::LastAccepted {
+        let from = ledger.last_accepted_of_preset(&curriculum.preset).await?;
+        if from.is_none() {
+            info!(preset = %curriculum.preset, "no accepted checkpoint of this preset in the ledger yet: pretraining the base");
+        }
+        return Ok(Chosen::New(from));
+    }
+    Ok(Chosen::New(None))
+}
+
+/// The codecs `recompress` records for an accepted checkpoint (with a parent: also the delta).
+fn expected_codecs(has_parent: bool) -> Vec<String> {
+    let mut codecs = vec![Codec::EvolveFp.name().to_string(), Codec::Zstd.name().to_string()];
+    if has_parent {
+        codecs.push(format!("{}-delta", Codec::EvolveFp.name()));
+    }
+    codecs.extend(QUANTIZED.iter().map(|(name, _, _)| name.to_string()));
+    codecs
 }
 
 fn cycle_seed(seed: u64, cycle: u32, role: u64) -> u64 {

@@ -12,12 +12,15 @@ pub mod ablation;
 pub mod budget;
 mod controller;
 pub mod gate;
+pub mod lock;
+pub mod plan;
 pub mod progress;
+mod resume;
 pub mod roles;
 
 pub use ablation::{AblateOptions, AblationReport, ablate};
 pub use budget::{Budget, BudgetError, DeviceChoice};
-pub use controller::{Outcomes, RunOptions, RunSummary, Variant, run};
+pub use controller::{Outcomes, RunOptions, RunSummary, StartMode, Variant, run};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,4 +45,7 @@ pub enum Error {
     /// The reward-hacking alarm stopped the run.
     #[error("{0}")]
     Alarm(String),
+    /// Another process holds the ledger's run lock.
+    #[error("{0}")]
+    Locked(String),
 }

@@ -1312,6 +1312,7 @@ async fn inspect(path: &Path) -> Result<Existing, LedgerError> {
         return Err(not_ours("file is not a SQLite database".into()));
     }
 
+    roll_back_hot_journal(path).await?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
@@ -1323,6 +1324,27 @@ async fn inspect(path: &Path) -> Result<Existing, LedgerError> {
     // Best effort: the connection was read-only, nothing to flush.
     let _ = conn.close().await;
     result
+}
+
+/// A writer killed mid-transaction while the file was still in rollback-journal mode (a ledger
+/// being created, before it switches to WAL) leaves a hot `-journal` beside it, and SQLite
+/// refuses read-only connections until someone rolls it back. That needs write access, so it is
+/// done here with a plain read-write connection that reads one row: SQLite's own recovery,
+/// which restores the file's last committed state — what any SQLite client opening the file
+/// does first — and changes nothing else (no journal-mode switch, no migration).
+async fn roll_back_hot_journal(path: &Path) -> Result<(), LedgerError> {
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    if !tokio::fs::metadata(&journal).await.is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    let options = SqliteConnectOptions::new().filename(path).busy_timeout(BUSY_TIMEOUT);
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|source| sql_err(path, "opening to roll back an interrupted transaction", source))?;
+    let recovered = sqlx::query("SELECT count(*) FROM sqlite_master").fetch_one(&mut conn).await;
+    let _ = conn.close().await;
+    recovered.map(|_| ()).map_err(|source| sql_err(path, "rolling back an interrupted transaction", source))
 }
 
 async fn inspect_schema(conn: &mut SqliteConnection, path: &Path) -> Result<Existing, LedgerError> {

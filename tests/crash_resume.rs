@@ -1,0 +1,179 @@
+//! kill -9 of the controller at many moments, then the same `evolve start` command: every trial
+//! must end with exactly the ledger and the artifacts of a run that was never interrupted —
+//! the same cycles with the same verdicts, parents and checkpoint hashes (one unbroken
+//! lineage, no duplicate or lost cycle), the same artifact files, each of which hash-verifies,
+//! and no temp file left behind. The run is real: a real process, a real SQLite file, SIGKILL.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// micro.toml made quick (a 10-step judge) and permissive (every cycle accepted unless a mastered
+/// suite drops), so each cycle moves the lineage and recompresses: the states a crash can cut.
+fn curriculum(dir: &Path) -> PathBuf {
+    let mut text = std::fs::read_to_string(root().join("tests/micro.toml")).unwrap();
+    for (from, to) in [
+        ("max_cycles = 2", "max_cycles = 3"),
+        ("train_steps = 6", "train_steps = 12"),
+        ("learning_rate = 1e-4", "learning_rate = 3e-3"),
+        ("max_regression = 0.02", "max_regression = 0.02\nmin_frontier_gain = -1.0"),
+        ("[gate]", "[discriminator]\ntrain_steps = 10\n\n[gate]"),
+    ] {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.join("fault.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(curriculum: &Path, ledger: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_evolve"));
+    command
+        .args(["start", "--budget", "1xcpu", "--no-progress", "--curriculum"])
+        .arg(curriculum)
+        .arg("--ledger")
+        .arg(ledger)
+        .env("EVOLVE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs to the end; panics with its stderr if it fails.
+fn run_to_end(curriculum: &Path, ledger: &Path) -> Duration {
+    let started = Instant::now();
+    let out = start(curriculum, ledger).output().unwrap();
+    assert!(out.status.success(), "evolve start failed: {}", String::from_utf8_lossy(&out.stderr));
+    started.elapsed()
+}
+
+/// Starts the run and SIGKILLs it after `after` (if it is still running then).
+fn kill_after(curriculum: &Path, ledger: &Path, after: Duration) -> bool {
+    let mut child = start(curriculum, ledger).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    true
+}
+
+type CycleRow = (i64, String, Option<String>, Option<String>);
+
+/// What must not depend on crashes: the cycles, the compression rows per cycle and codec, the
+/// runs, and the artifact files.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    cycles: Vec<CycleRow>,
+    compression: Vec<(i64, String, String)>,
+    runs: Vec<(i64, String)>,
+    files: BTreeSet<String>,
+}
+
+async fn outcome(ledger: &Path) -> Outcome {
+    let url = format!("sqlite://{}?mode=ro", ledger.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let cycles = sqlx::query_as("SELECT cycle, status, parent_hash, checkpoint_hash FROM cycles ORDER BY run_id, cycle").fetch_all(&mut conn).await.unwrap();
+    let compression =
+        sqlx::query_as("SELECT cycle, codec, checkpoint_hash FROM compression ORDER BY cycle, codec, checkpoint_hash").fetch_all(&mut conn).await.unwrap();
+    let runs = sqlx::query_as("SELECT run_id, status FROM runs ORDER BY run_id").fetch_all(&mut conn).await.unwrap();
+    let artifacts = ledger.parent().unwrap().join("artifacts");
+    let files = std::fs::read_dir(&artifacts).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    Outcome { cycles, compression, runs, files }
+}
+
+/// Every content-addressed file hashes to its name; every compressed checkpoint decodes (the
+/// decoder checks the original's hash) to the checkpoint it names.
+fn verify_artifacts(artifacts: &Path) {
+    for entry in std::fs::read_dir(artifacts).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "temp file left behind: {name}");
+        let (hash, kind) = name.split_once('.').unwrap();
+        match kind {
+            "safetensors" | "examples.json" | "judgements.json" => {
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(blake3::hash(&bytes).to_hex().as_str(), hash, "{name} does not hash to its name");
+            }
+            "evolve-fp.evz" | "zstd.evz" => {
+                let out = artifacts.parent().unwrap().join("decoded.safetensors");
+                let decoded = Command::new(env!("CARGO_BIN_EXE_evolve")).arg("decompress").arg(&path).arg(&out).output().unwrap();
+                assert!(decoded.status.success(), "{name}: {}", String::from_utf8_lossy(&decoded.stderr));
+                assert_eq!(blake3::hash(&std::fs::read(&out).unwrap()).to_hex().as_str(), hash, "{name} decodes to another checkpoint");
+                std::fs::remove_file(out).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_controller_anywhere_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let curriculum = curriculum(dir.path());
+    let reference_ledger = dir.path().join("reference/evolve.db");
+    let run_time = run_to_end(&curriculum, &reference_ledger);
+    let reference = outcome(&reference_ledger).await;
+    assert_eq!(reference.cycles.len(), 4, "{reference:?}");
+    assert!(reference.cycles.iter().all(|c| c.1 == "accepted"), "the fault curriculum accepts every cycle: {reference:?}");
+    verify_artifacts(&reference_ledger.parent().unwrap().join("artifacts"));
+
+    // Kill moments spread over the whole run (pretraining, each cycle's generation, judge,
+    // training, gate, commit and recompression), some trials killed twice.
+    let trials: [&[f64]; 6] = [&[0.08], &[0.27], &[0.43, 0.2], &[0.61], &[0.78, 0.15], &[0.9]];
+    let mut killed = 0;
+    for (t, kills) in trials.iter().enumerate() {
+        let ledger = dir.path().join(format!("trial{t}/evolve.db"));
+        let mut finished = false;
+        for &at in kills.iter() {
+            if kill_after(&curriculum, &ledger, run_time.mul_f64(at)) {
+                killed += 1;
+            } else {
+                // The resumed run finished before this kill: starting again would begin a new
+                // run, which is not what is being tested.
+                finished = true;
+                break;
+            }
+        }
+        if !finished {
+            run_to_end(&curriculum, &ledger);
+        }
+        let got = outcome(&ledger).await;
+        assert_eq!(got, reference, "trial {t} (killed at {kills:?} of the run's length)");
+        verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
+    }
+    // Timing varies with the machine's load; most kills must still land mid-run.
+    assert!(killed >= 5, "only {killed} kills landed while the run was going");
+    assert_eq!(reference.runs, vec![(1, "finished".to_string())]);
+}
+
+#[test]
+fn a_second_controller_on_a_busy_ledger_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let curriculum = curriculum(dir.path());
+    let ledger = dir.path().join("evolve.db");
+    let mut first = start(&curriculum, &ledger).spawn().unwrap();
+    // Wait until the first run has the lock and has begun (its ledger exists).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ledger.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = start(&curriculum, &ledger).output().unwrap();
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(message.contains("in use by evolve process") && message.contains(&first.id().to_string()), "{message}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The lock died with its holder: the next start resumes and finishes.
+    run_to_end(&curriculum, &ledger);
+}

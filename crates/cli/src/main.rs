@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use evolve_ledger::Ledger;
-use evolve_meta::{Budget, DeviceChoice, RunOptions, StartMode};
+use evolve_meta::plan::Role;
+use evolve_meta::worker::WorkerOptions;
+use evolve_meta::{Budget, DeviceChoice, Launcher, PoolOptions, RunOptions, StartMode};
 
 mod bench_cmd;
 mod compress_cmd;
@@ -57,6 +59,35 @@ enum Command {
         /// time and cost) and exit without training or touching the ledger.
         #[arg(long)]
         dry_run: bool,
+        /// Serve the control plane on this address (e.g. 0.0.0.0:7070) and run the roles in
+        /// worker processes, even on a one-device budget. A budget of several devices always
+        /// runs a pool (on a free loopback port unless this says otherwise).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Bearer token workers must present; required with a non-loopback --listen.
+        #[arg(long, env = "EVOLVE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How pool workers start: `local` (one `evolve worker` process per device, restarted
+        /// if it dies) or `external` (you start `evolve worker --connect URL` yourself).
+        #[arg(long, default_value = "local", value_parser = ["local", "external"])]
+        launcher: String,
+    },
+    /// Serve a run's control plane as a worker: take leases of the given roles, run them on this
+    /// device, post the results. Exits when the run is over.
+    Worker {
+        /// The control plane, e.g. http://10.0.0.5:7070.
+        #[arg(long)]
+        connect: String,
+        /// Roles to serve, comma-separated: generator, discriminator, trainer.
+        #[arg(long, default_value = "generator,discriminator,trainer")]
+        role: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// This worker's name in the ledger and in /metrics (default: host-pid).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "EVOLVE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Measure the loop's claims on a curriculum at equal seeds and training budgets:
     /// adversarial vs uniform examples, and A-GEM vs PCGrad vs no surgery. Each arm is a run in
@@ -158,7 +189,7 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> Result<(), String> {
     match command {
-        Command::Start { budget, curriculum, ledger, device, cycles, no_progress, resume, fresh, dry_run } => {
+        Command::Start { budget, curriculum, ledger, device, cycles, no_progress, resume, fresh, dry_run, listen, token, launcher } => {
             // The budget and the device are checked before anything touches the disk.
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
             if dry_run {
@@ -180,6 +211,7 @@ async fn execute(command: Command) -> Result<(), String> {
                 base: None,
                 recompress: true,
                 start,
+                pool: PoolOptions { listen, token, launcher: if launcher == "external" { Launcher::External } else { Launcher::Local }, worker_exe: None },
             };
             let summary = evolve_meta::run(options)
                 .await
@@ -190,6 +222,21 @@ async fn execute(command: Command) -> Result<(), String> {
             );
             println!("ledger: {}", ledger.display());
             Ok(())
+        }
+        Command::Worker { connect, role, device, name, token } => {
+            let roles = role
+                .split(',')
+                .map(|r| match r.trim() {
+                    "generator" => Ok(Role::Generator),
+                    "discriminator" => Ok(Role::Discriminator),
+                    "trainer" => Ok(Role::Trainer),
+                    other => Err(format!("--role: unknown role `{other}`; valid: generator, discriminator, trainer (comma-separated)")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let device = DeviceChoice::parse(&device).and_then(|d| d.device()).map_err(|e| e.to_string())?;
+            let name = name.unwrap_or_else(|| format!("{}-{}", evolve_meta::lock::hostname(), std::process::id()));
+            let options = WorkerOptions { connect, roles, device, name, token };
+            tokio::task::spawn_blocking(move || evolve_meta::worker::work(options)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
         }
         Command::Ablate { curriculum, ledger, budget, device, cycles, no_progress } => {
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;

@@ -137,7 +137,7 @@ pub struct Candidate {
     pub pass_rate: f32,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SkillSynthesis {
     pub skill: String,
     pub generated: usize,

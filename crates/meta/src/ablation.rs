@@ -67,6 +67,7 @@ pub async fn ablate(options: AblateOptions) -> Result<AblationReport, Error> {
             recompress: false,
             // Each arm is a run of its own, never the continuation of an earlier one.
             start: StartMode::Fresh,
+            pool: Default::default(),
         })
         .await?;
         base.get_or_insert(summary.base.clone());

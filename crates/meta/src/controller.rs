@@ -20,7 +20,9 @@ use tracing::info;
 
 use crate::budget::{Budget, DeviceChoice};
 use crate::gate::decide;
+use crate::control::RunDescription;
 use crate::lock::RunLock;
+use crate::pool::{Pool, PoolOptions, RemoteRoles};
 use crate::resume::{ResumePoint, resume_point};
 use crate::progress::{Choice, CurriculumPolicy, skill_weights};
 use crate::roles::{
@@ -47,6 +49,8 @@ pub struct RunOptions {
     pub recompress: bool,
     /// Whether to resume an interrupted run or start a new one.
     pub start: StartMode,
+    /// Where the roles run: in this process (one device) or in a worker pool.
+    pub pool: PoolOptions,
 }
 
 /// What `evolve start` does with a run of the ledger that was interrupted (its controller died:
@@ -164,8 +168,25 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     curriculum.seed = seed;
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
+    let pool = if options.budget.count > 1 || options.pool.listen.is_some() {
+        let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
+        let placements = crate::plan::assign_roles(options.budget.count, &crate::plan::cycle_work(&model_config, &curriculum));
+        let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
+        let cpu = options.budget.is_cpu();
+        let run = RunDescription { curriculum: curriculum.clone(), artifacts };
+        let pool = Pool::start(&options.pool, run, &placements, |d| if cpu { "cpu".into() } else { format!("cuda:{d}") }, logs).await?;
+        info!(url = %pool.plane.url(), workers = pool.placements.len(), "worker pool started");
+        Some(pool)
+    } else {
+        None
+    };
     let ctx = Context::new(curriculum, model_config, store, device);
+    let (generator, trainer, evaluator): (Box<dyn GeneratorRole>, Box<dyn TrainerRole>, Box<dyn EvaluatorRole>) = match &pool {
+        Some(pool) => (Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone()))),
+        None => (Box::new(LocalGenerator(ctx.clone())), Box::new(LocalTrainer(ctx.clone())), Box::new(LocalEvaluator(ctx.clone()))),
+    };
     let mut controller = Controller {
+        pool,
         policy,
         judge: None,
         judgements: Vec::new(),
@@ -173,9 +194,9 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         outcomes: Outcomes::default(),
         ledger: ledger.clone(),
         run_id,
-        generator: Box::new(LocalGenerator(ctx.clone())),
-        trainer: Box::new(LocalTrainer(ctx.clone())),
-        evaluator: Box::new(LocalEvaluator(ctx.clone())),
+        generator,
+        trainer,
+        evaluator,
         ctx,
         budget: options.budget.clone(),
         progress: options.progress,
@@ -191,6 +212,8 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
 }
 
 struct Controller {
+    /// The worker pool, when the roles run in worker processes.
+    pool: Option<Pool>,
     ledger: Ledger,
     run_id: RunId,
     ctx: Arc<Context>,
@@ -866,17 +889,61 @@ impl Controller {
     }
 
     fn begin_usage(&self, cycle: u32) {
+        if let Some(pool) = &self.pool {
+            pool.plane.set_cycle(cycle);
+        }
         self.usage.lock().unwrap_or_else(|e| e.into_inner()).insert(cycle, (Instant::now(), BTreeMap::new()));
     }
 
     /// What each role spent in `cycle` so far. In-process roles take turns on the one device, so
     /// a role is idle whenever another works: idle = wall time of the cycle - own busy time. A
     /// CPU is not a GPU: its GPU-seconds and cost are 0.
+    ///
+    /// In a pool, each worker has a row per role it serves: busy = the time its leases of that
+    /// role ran, idle = the cycle's wall time minus all its busy time, leases done and expired;
+    /// the controller's own work is the `meta` row.
     fn role_usage(&self, cycle: u32) -> Vec<RoleUsage> {
         let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         let Some((started, busy)) = usage.get(&cycle) else { return Vec::new() };
         let wall = started.elapsed().as_secs_f64();
         let device = self.budget.model.name.clone();
+        if let Some(pool) = &self.pool {
+            let leases = pool.plane.cycle_usage(cycle);
+            let mut rows = Vec::new();
+            let mut workers: BTreeMap<String, Vec<crate::plan::Role>> = pool.placements.iter().cloned().collect();
+            for (worker, role) in leases.keys() {
+                let roles = workers.entry(worker.clone()).or_default();
+                if !roles.contains(role) {
+                    roles.push(*role);
+                }
+            }
+            let gpu_seconds = if self.budget.is_cpu() { 0.0 } else { wall };
+            for (worker, roles) in workers {
+                let worker_busy: f64 = roles.iter().filter_map(|r| leases.get(&(worker.clone(), *r))).map(|u| u.busy_seconds).sum();
+                for (i, role) in roles.iter().enumerate() {
+                    let u = leases.get(&(worker.clone(), *role)).cloned().unwrap_or_default();
+                    // A device's GPU-seconds and cost are counted once, on its first role.
+                    let gpu = if i == 0 { gpu_seconds } else { 0.0 };
+                    rows.push(RoleUsage {
+                        run_id: self.run_id,
+                        cycle,
+                        role: role.as_str().into(),
+                        worker: worker.clone(),
+                        device: device.clone(),
+                        busy_seconds: u.busy_seconds.min(wall),
+                        idle_seconds: if i == 0 { (wall - worker_busy).max(0.0) } else { 0.0 },
+                        gpu_seconds: gpu,
+                        cost_usd: self.budget.cost_usd(gpu),
+                        leases: u64::from(u.leases + u.failures),
+                        failures: u64::from(u.failures),
+                    });
+                }
+            }
+            if let Some(&meta) = busy.get("meta") {
+                rows.push(RoleUsage { run_id: self.run_id, cycle, role: "meta".into(), worker: "controller".into(), device: "host".into(), busy_seconds: meta, idle_seconds: (wall - meta).max(0.0), gpu_seconds: 0.0, cost_usd: 0.0, leases: 0, failures: 0 });
+            }
+            return rows;
+        }
         busy.iter()
             .map(|(role, &busy_seconds)| {
                 let gpu_seconds = if self.budget.is_cpu() { 0.0 } else { wall };

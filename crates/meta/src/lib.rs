@@ -10,16 +10,20 @@
 
 pub mod ablation;
 pub mod budget;
+pub mod control;
 mod controller;
 pub mod gate;
 pub mod lock;
 pub mod plan;
+pub mod pool;
 pub mod progress;
 mod resume;
 pub mod roles;
+pub mod worker;
 
 pub use ablation::{AblateOptions, AblationReport, ablate};
 pub use budget::{Budget, BudgetError, DeviceChoice};
+pub use pool::{Launcher, PoolOptions};
 pub use controller::{Outcomes, RunOptions, RunSummary, StartMode, Variant, run};
 
 #[derive(Debug, thiserror::Error)]

@@ -81,7 +81,8 @@ fn holder_pid(content: &str) -> Option<u32> {
     content.split_whitespace().find_map(|w| w.strip_prefix("pid=")).and_then(|p| p.parse().ok())
 }
 
-fn hostname() -> String {
+/// This machine's name, for lock holders and default worker names.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "unknown".into())
 }
 

@@ -12,7 +12,7 @@
 use evolve_curriculum::Curriculum;
 use evolve_model::LlamaConfig;
 use evolve_trainer::Surgery;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::budget::Budget;
 
@@ -24,7 +24,7 @@ pub const MFU: f64 = 0.3;
 /// fragmentation and workspace.
 pub const USABLE_MEMORY: f64 = 0.9;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Generator,

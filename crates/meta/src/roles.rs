@@ -188,7 +188,7 @@ pub struct ExampleBatch {
     pub pass_rates: Vec<f32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GenerateResult {
     pub batch: String,
     /// Every response seen, verifier-labelled (`JUDGEMENTS_KIND`), for the learned judge.
@@ -388,7 +388,7 @@ pub struct TrainJob {
 
 /// The weights after some steps, with what training had done up to them, so that whichever
 /// snapshot the gate picks is recorded with its own figures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub checkpoint: String,
     pub report: TrainReport,
@@ -396,7 +396,7 @@ pub struct Snapshot {
     pub mix: BTreeMap<String, u32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainResult {
     /// In order; the last is the end of training.
     pub snapshots: Vec<Snapshot>,
@@ -525,7 +525,7 @@ fn stratified_order(examples: &[Problem], rng: &mut StdRng) -> Vec<usize> {
 
 // ---------------------------------------------------------------- evaluator
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SuiteScore {
     pub suite: String,
     pub skill: String,
@@ -543,7 +543,7 @@ impl SuiteScore {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RefusalScore {
     pub must_refuse_n: u32,
     pub refused: u32,
@@ -564,7 +564,7 @@ impl RefusalScore {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Evaluation {
     pub checkpoint: String,
     pub suites: Vec<SuiteScore>,

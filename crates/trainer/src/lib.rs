@@ -73,7 +73,7 @@ pub struct TrainConfig {
 }
 
 /// What one `fit` did, for the ledger.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TrainReport {
     pub steps: usize,
     pub examples: usize,

@@ -1,0 +1,439 @@
+//! The control plane: the meta-controller's HTTP/JSON service that worker processes pull work
+//! from. A role call of the controller becomes a job in a queue; a worker of that role takes it
+//! as a lease with a deadline, keeps the lease alive with heartbeats, and posts the result. A
+//! lease whose worker stops heartbeating (killed, hung, its machine gone) expires and the job is
+//! handed out again; results are idempotent per job (the first one wins, later ones change
+//! nothing), which is safe because a job is a pure function of its inputs: same artifacts, same
+//! seeds, same result. Checkpoints and batches never cross this socket, only their hashes; the
+//! bytes move through the shared artifact store, verified by hash on every read.
+//!
+//! Endpoints (all JSON; `Authorization: Bearer TOKEN` required when a token is set, which it must
+//! be when bound to anything but loopback):
+//! - `GET /v1/run`: what a worker needs to build its context (curriculum, artifact store path).
+//! - `POST /v1/lease` `{worker, roles}`: long-polls up to [`LONG_POLL`] for a job of one of those
+//!   roles; 200 with `{lease, job, ttl_ms}`, 204 when none came, 410 when the run is over.
+//! - `POST /v1/lease/{id}/heartbeat`: extends the lease; 410 when it expired and was re-issued.
+//! - `POST /v1/lease/{id}/result` `{ok}` or `{error}`: 200 `{accepted}`.
+//! - `GET /metrics`: Prometheus text.
+//!
+//! Architecture invariant: this module knows jobs and results as the role types of `roles`, and
+//! nothing of the ledger; the controller turns what it counts into ledger rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use evolve_curriculum::Curriculum;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+use crate::plan::Role;
+use crate::roles::{Evaluation, GenerateJob, GenerateResult, JudgeJob, JudgeResult, TrainJob, TrainResult};
+use crate::Error;
+
+/// How long a lease lives without a heartbeat. Workers beat every [`HEARTBEAT`].
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long `POST /v1/lease` waits for a job before answering 204.
+pub const LONG_POLL: Duration = Duration::from_secs(10);
+
+/// Work for a worker: one role call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Job {
+    Generate(GenerateJob),
+    Train(TrainJob),
+    Evaluate { checkpoint: String },
+    Judge(JudgeJob),
+}
+
+impl Job {
+    pub fn role(&self) -> Role {
+        match self {
+            Job::Generate(_) => Role::Generator,
+            Job::Train(_) => Role::Trainer,
+            Job::Evaluate { .. } | Job::Judge(_) => Role::Discriminator,
+        }
+    }
+
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult {
+    Generate(GenerateResult),
+    Train(TrainResult),
+    Evaluate(Evaluation),
+    Judge(JudgeResult),
+}
+
+/// What a worker needs to serve this run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunDescription {
+    pub curriculum: Curriculum,
+    /// The shared artifact store (a path every worker can read and write).
+    pub artifacts: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub worker: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease: u64,
+    pub job: Job,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<JobResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Per worker and role, within one cycle: what the leases cost.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerCycleUsage {
+    pub busy_seconds: f64,
+    pub leases: u32,
+    pub failures: u32,
+}
+
+struct PendingJob {
+    id: u64,
+    /// The cycle the controller was in when it asked: whose usage the job's leases count to.
+    cycle: u32,
+    job: Job,
+}
+
+struct ActiveLease {
+    job_id: u64,
+    cycle: u32,
+    job: Job,
+    worker: String,
+    started: Instant,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Queue {
+    next_id: u64,
+    pending: Vec<PendingJob>,
+    leases: HashMap<u64, ActiveLease>,
+    /// Jobs whose result arrived (job id → whether it was accepted), for idempotence.
+    done: HashMap<u64, ()>,
+    waiters: HashMap<u64, oneshot::Sender<Result<JobResult, String>>>,
+    /// (cycle, worker, role) → usage.
+    usage: BTreeMap<(u32, String, Role), WorkerCycleUsage>,
+    /// Workers seen, with their last contact.
+    workers: BTreeMap<String, Instant>,
+    lease_failures: u64,
+    jobs_done: u64,
+    finished: bool,
+}
+
+impl Queue {
+    /// Puts every expired lease's job back at the front of the queue.
+    fn reap(&mut self, now: Instant) {
+        let expired: Vec<u64> = self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            let lease = self.leases.remove(&id).expect("listed above");
+            let role = lease.job.role();
+            let usage = self.usage.entry((lease.cycle, lease.worker.clone(), role)).or_default();
+            usage.failures += 1;
+            usage.busy_seconds += (now - lease.started).as_secs_f64();
+            self.lease_failures += 1;
+            tracing::warn!(lease = id, worker = %lease.worker, role = role.as_str(), "lease expired without a result: the job goes back to the queue");
+            self.pending.insert(0, PendingJob { id: lease.job_id, cycle: lease.cycle, job: lease.job });
+        }
+    }
+}
+
+/// The control plane of one run.
+pub struct ControlPlane {
+    queue: Arc<Mutex<Queue>>,
+    cycle: std::sync::atomic::AtomicU32,
+    wake: Arc<Notify>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+    token: Option<String>,
+    run: Arc<RunDescription>,
+}
+
+fn lock(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ControlPlane {
+    /// Binds `bind` (port 0: any free port) and serves until dropped. A non-loopback address
+    /// needs a token: anyone who can reach the port could otherwise take jobs and post results.
+    pub async fn serve(bind: SocketAddr, token: Option<String>, run: RunDescription) -> Result<ControlPlane, Error> {
+        if !bind.ip().is_loopback() && token.as_deref().is_none_or(str::is_empty) {
+            return Err(Error::Invalid(format!(
+                "--listen {bind}: the control plane only binds a non-loopback address with a token (--token or EVOLVE_TOKEN), so that only your workers can take jobs"
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| Error::Invalid(format!("--listen {bind}: cannot bind: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Error::Invalid(format!("--listen {bind}: {e}")))?;
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let wake = Arc::new(Notify::new());
+        let shared = Shared { queue: queue.clone(), wake: wake.clone(), token, run: Arc::new(run) };
+        let app = Router::new()
+            .route("/v1/run", get(run_description))
+            .route("/v1/lease", post(take_lease))
+            .route("/v1/lease/{id}/heartbeat", post(heartbeat))
+            .route("/v1/lease/{id}/result", post(post_result))
+            .route("/metrics", get(metrics))
+            .with_state(shared);
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = served.await {
+                tracing::error!("control plane stopped: {e}");
+            }
+        });
+        // The reaper: expired leases go back to the queue and wake the long-polls.
+        let (reap_queue, reap_wake) = (queue.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let mut q = lock(&reap_queue);
+                if q.finished {
+                    break;
+                }
+                let before = q.pending.len();
+                q.reap(Instant::now());
+                if q.pending.len() > before {
+                    reap_wake.notify_waiters();
+                }
+            }
+        });
+        tracing::info!(%addr, "control plane listening");
+        Ok(ControlPlane { queue, cycle: Default::default(), wake, addr, shutdown: Some(shutdown) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The cycle whose usage the next jobs count to.
+    pub fn set_cycle(&self, cycle: u32) {
+        self.cycle.store(cycle, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queues `job`; the receiver gets its result (or the worker's error) once one arrives.
+    pub fn submit(&self, job: Job) -> oneshot::Receiver<Result<JobResult, String>> {
+        let (tx, rx) = oneshot::channel();
+        let cycle = self.cycle.load(std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut q = lock(&self.queue);
+            q.next_id += 1;
+            let id = q.next_id;
+            q.waiters.insert(id, tx);
+            q.pending.push(PendingJob { id, cycle, job });
+        }
+        self.wake.notify_waiters();
+        rx
+    }
+
+    /// Usage per (worker, role) in `cycle` so far, including leases still running.
+    pub fn cycle_usage(&self, cycle: u32) -> BTreeMap<(String, Role), WorkerCycleUsage> {
+        let q = lock(&self.queue);
+        let mut out: BTreeMap<(String, Role), WorkerCycleUsage> =
+            q.usage.iter().filter(|((c, _, _), _)| *c == cycle).map(|((_, w, r), u)| ((w.clone(), *r), u.clone())).collect();
+        for lease in q.leases.values().filter(|l| l.cycle == cycle) {
+            out.entry((lease.worker.clone(), lease.job.role())).or_default().busy_seconds += lease.started.elapsed().as_secs_f64();
+        }
+        out
+    }
+
+    /// Workers that have asked for work so far.
+    pub fn workers(&self) -> Vec<String> {
+        lock(&self.queue).workers.keys().cloned().collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        lock(&self.queue).finished = true;
+        self.wake.notify_waiters();
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &shared.token else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response())
+    }
+}
+
+async fn run_description(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return denied;
+    }
+    Json(shared.run.as_ref().clone()).into_response()
+}
+
+async fn take_lease(State(shared): State<Shared>, headers: HeaderMap, Json(request): Json<LeaseRequest>) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return denied;
+    }
+    let deadline = Instant::now() + LONG_POLL;
+    loop {
+        // Registered before looking, so a job queued in between still wakes this poll.
+        let woken = shared.wake.notified();
+        {
+            let mut q = lock(&shared.queue);
+            q.workers.insert(request.worker.clone(), Instant::now());
+            if q.finished {
+                return (StatusCode::GONE, "the run is over").into_response();
+            }
+            if let Some(at) = q.pending.iter().position(|p| request.roles.contains(&p.job.role())) {
+                let pending = q.pending.remove(at);
+                q.next_id += 1;
+                let lease = q.next_id;
+                let now = Instant::now();
+                let job = pending.job.clone();
+                q.leases.insert(lease, ActiveLease { job_id: pending.id, cycle: pending.cycle, job: pending.job, worker: request.worker.clone(), started: now, deadline: now + LEASE_TTL });
+                return Json(Lease { lease, job, ttl_ms: LEASE_TTL.as_millis() as u64 }).into_response();
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, woken).await.is_err() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+    }
+}
+
+async fn heartbeat(State(shared): State<Shared>, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return denied;
+    }
+    let mut q = lock(&shared.queue);
+    match q.leases.get_mut(&id) {
+        Some(lease) => {
+            lease.deadline = Instant::now() + LEASE_TTL;
+            let worker = lease.worker.clone();
+            q.workers.insert(worker, Instant::now());
+            StatusCode::OK.into_response()
+        }
+        None => (StatusCode::GONE, "lease expired; its job was handed out again").into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: bool,
+}
+
+async fn post_result(State(shared): State<Shared>, headers: HeaderMap, Path(id): Path<u64>, Json(outcome): Json<Outcome>) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return denied;
+    }
+    let mut q = lock(&shared.queue);
+    let Some(lease) = q.leases.remove(&id) else {
+        // Unknown or expired: a duplicate, or a worker that lost its lease. Changes nothing.
+        return Json(Accepted { accepted: false }).into_response();
+    };
+    let usage = q.usage.entry((lease.cycle, lease.worker.clone(), lease.job.role())).or_default();
+    usage.busy_seconds += lease.started.elapsed().as_secs_f64();
+    usage.leases += 1;
+    if q.done.contains_key(&lease.job_id) {
+        return Json(Accepted { accepted: false }).into_response();
+    }
+    q.done.insert(lease.job_id, ());
+    q.jobs_done += 1;
+    // A lease that expired may have put a second copy of the job back: drop it.
+    q.pending.retain(|p| p.id != lease.job_id);
+    let result = match (outcome.ok, outcome.error) {
+        (Some(ok), _) => Ok(ok),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err("the worker posted neither a result nor an error".into()),
+    };
+    if let Some(waiter) = q.waiters.remove(&lease.job_id) {
+        let _ = waiter.send(result);
+    }
+    Json(Accepted { accepted: true }).into_response()
+}
+
+async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorized(&shared, &headers) {
+        return denied;
+    }
+    let q = lock(&shared.queue);
+    let mut busy: BTreeMap<(String, &'static str), f64> = BTreeMap::new();
+    let mut leases: BTreeMap<(String, &'static str), u32> = BTreeMap::new();
+    for ((_, worker, role), u) in &q.usage {
+        *busy.entry((worker.clone(), role.as_str())).or_default() += u.busy_seconds;
+        *leases.entry((worker.clone(), role.as_str())).or_default() += u.leases;
+    }
+    let mut text = String::new();
+    text.push_str("# HELP evolve_jobs_pending Jobs waiting for a worker.\n# TYPE evolve_jobs_pending gauge\n");
+    text.push_str(&format!("evolve_jobs_pending {}\n", q.pending.len()));
+    text.push_str("# HELP evolve_leases_active Leases held by workers now.\n# TYPE evolve_leases_active gauge\n");
+    text.push_str(&format!("evolve_leases_active {}\n", q.leases.len()));
+    text.push_str("# HELP evolve_jobs_done_total Jobs whose result arrived.\n# TYPE evolve_jobs_done_total counter\n");
+    text.push_str(&format!("evolve_jobs_done_total {}\n", q.jobs_done));
+    text.push_str("# HELP evolve_lease_failures_total Leases that expired without a result.\n# TYPE evolve_lease_failures_total counter\n");
+    text.push_str(&format!("evolve_lease_failures_total {}\n", q.lease_failures));
+    text.push_str("# HELP evolve_worker_busy_seconds_total Seconds workers spent on leases.\n# TYPE evolve_worker_busy_seconds_total counter\n");
+    for ((worker, role), seconds) in &busy {
+        text.push_str(&format!("evolve_worker_busy_seconds_total{{worker=\"{worker}\",role=\"{role}\"}} {seconds:.3}\n"));
+    }
+    text.push_str("# HELP evolve_worker_leases_total Leases completed.\n# TYPE evolve_worker_leases_total counter\n");
+    for ((worker, role), n) in &leases {
+        text.push_str(&format!("evolve_worker_leases_total{{worker=\"{worker}\",role=\"{role}\"}} {n}\n"));
+    }
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_lease_puts_its_job_back_and_counts_a_failure() {
+        let mut q = Queue::default();
+        let now = Instant::now();
+        let job = Job::Evaluate { checkpoint: "abc".into() };
+        q.leases.insert(7, ActiveLease { job_id: 1, cycle: 0, job, worker: "w1".into(), started: now, deadline: now + Duration::from_secs(1) });
+        q.reap(now);
+        assert!(q.pending.is_empty(), "not yet expired");
+        q.reap(now + Duration::from_secs(2));
+        assert_eq!(q.pending.len(), 1);
+        assert_eq!(q.pending[0].id, 1);
+        assert!(q.leases.is_empty());
+        assert_eq!(q.lease_failures, 1);
+        assert_eq!(q.usage[&(0, "w1".to_string(), Role::Discriminator)].failures, 1);
+    }
+}

@@ -1,0 +1,200 @@
+//! The worker pool of a run: the control plane, the roles as jobs for it, and the local launcher
+//! that starts one `evolve worker` process per device of the budget (roles by the plan) and
+//! restarts any that dies, so a killed worker costs only its lease.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::control::{ControlPlane, Job, JobResult, RunDescription};
+use crate::plan::{Placement, Role};
+use crate::roles::{EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, TrainJob, TrainResult, TrainerRole};
+use crate::Error;
+use evolve_trainer::StepInfo;
+
+/// How the workers of a pool are started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Launcher {
+    /// One `evolve worker` process per device, on this machine.
+    #[default]
+    Local,
+    /// None: the user starts `evolve worker --connect URL` wherever the devices are.
+    External,
+}
+
+/// Where the roles of a run execute: in the controller's process (one device, the default) or
+/// in a pool of worker processes reached through the control plane.
+#[derive(Clone, Debug, Default)]
+pub struct PoolOptions {
+    /// Run a pool even on one device, serving the control plane here (port 0: any free port).
+    /// A multi-device budget always runs a pool, on 127.0.0.1 unless this says otherwise.
+    pub listen: Option<SocketAddr>,
+    /// Required when `listen` is not a loopback address.
+    pub token: Option<String>,
+    pub launcher: Launcher,
+    /// The `evolve` binary to start workers with (default: this process's own executable).
+    pub worker_exe: Option<PathBuf>,
+}
+
+/// The roles, each call a job for the pool's workers. Calls block their (tokio worker) thread
+/// until the result arrives; the controller makes one call at a time.
+pub(crate) struct RemoteRoles(pub Arc<ControlPlane>);
+
+impl RemoteRoles {
+    fn call(&self, job: Job) -> Result<JobResult, Error> {
+        let waiting = self.0.submit(job);
+        tokio::task::block_in_place(|| waiting.blocking_recv())
+            .map_err(|_| Error::Invalid("the control plane stopped before the job's result arrived".into()))?
+            .map_err(|e| Error::Invalid(format!("worker: {e}")))
+    }
+}
+
+fn mismatch(wanted: &str, got: &JobResult) -> Error {
+    let got = match got {
+        JobResult::Generate(_) => "generate",
+        JobResult::Train(_) => "train",
+        JobResult::Evaluate(_) => "evaluate",
+        JobResult::Judge(_) => "judge",
+    };
+    Error::Invalid(format!("a worker answered a {wanted} job with a {got} result"))
+}
+
+impl GeneratorRole for RemoteRoles {
+    fn generate(&mut self, job: &GenerateJob) -> Result<GenerateResult, Error> {
+        match self.call(Job::Generate(job.clone()))? {
+            JobResult::Generate(r) => Ok(r),
+            other => Err(mismatch("generate", &other)),
+        }
+    }
+}
+
+impl TrainerRole for RemoteRoles {
+    /// Steps are not streamed back: the progress callback is not called.
+    fn train(&mut self, job: &TrainJob, _on_step: &mut dyn FnMut(&StepInfo)) -> Result<TrainResult, Error> {
+        match self.call(Job::Train(job.clone()))? {
+            JobResult::Train(r) => Ok(r),
+            other => Err(mismatch("train", &other)),
+        }
+    }
+}
+
+impl EvaluatorRole for RemoteRoles {
+    fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error> {
+        match self.call(Job::Evaluate { checkpoint: checkpoint.to_string() })? {
+            JobResult::Evaluate(r) => Ok(r),
+            other => Err(mismatch("evaluate", &other)),
+        }
+    }
+
+    fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error> {
+        match self.call(Job::Judge(job.clone()))? {
+            JobResult::Judge(r) => Ok(r),
+            other => Err(mismatch("judge", &other)),
+        }
+    }
+}
+
+/// A worker process of the local launcher.
+struct Slot {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+/// A running pool: its control plane and, with the local launcher, its worker processes.
+pub(crate) struct Pool {
+    pub plane: Arc<ControlPlane>,
+    /// (worker name, roles) of the workers this pool started.
+    pub placements: Vec<(String, Vec<Role>)>,
+    slots: Arc<Mutex<Vec<Slot>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+fn role_list(roles: &[Role]) -> String {
+    roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+}
+
+impl Pool {
+    pub async fn start(options: &PoolOptions, run: RunDescription, placements: &[Placement], device_of: impl Fn(u32) -> String, logs: PathBuf) -> Result<Pool, Error> {
+        let listen = options.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let plane = Arc::new(ControlPlane::serve(listen, options.token.clone(), run).await?);
+        let slots = Arc::new(Mutex::new(Vec::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut named = Vec::new();
+        if options.launcher == Launcher::Local {
+            let exe = match &options.worker_exe {
+                Some(exe) => exe.clone(),
+                None => std::env::current_exe().map_err(|e| Error::Invalid(format!("cannot find this evolve binary to start workers with: {e}")))?,
+            };
+            std::fs::create_dir_all(&logs).map_err(|e| Error::Invalid(format!("{}: {e}", logs.display())))?;
+            let connect = if listen.ip().is_unspecified() { format!("http://127.0.0.1:{}", plane.addr().port()) } else { plane.url() };
+            let mut started = Vec::new();
+            for p in placements {
+                let name = format!("w{}", p.device);
+                let args = vec![
+                    exe.display().to_string(),
+                    "worker".into(),
+                    "--connect".into(),
+                    connect.clone(),
+                    "--role".into(),
+                    role_list(&p.roles),
+                    "--device".into(),
+                    device_of(p.device),
+                    "--name".into(),
+                    name.clone(),
+                ];
+                let child = spawn(&args, &logs.join(format!("{name}.log")), options.token.as_deref())?;
+                named.push((name.clone(), p.roles.clone()));
+                started.push(Slot { name, args, child: Some(child), restarts: 0 });
+            }
+            *slots.lock().unwrap_or_else(|e| e.into_inner()) = started;
+            // The supervisor: a worker that exits while the run goes on is started again.
+            let (watched, stop, token) = (slots.clone(), stopping.clone(), options.token.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let mut slots = watched.lock().unwrap_or_else(|e| e.into_inner());
+                    for slot in slots.iter_mut() {
+                        let exited = slot.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+                        if exited && !stop.load(Ordering::Relaxed) {
+                            slot.restarts += 1;
+                            tracing::warn!(worker = %slot.name, restarts = slot.restarts, "worker exited; starting it again");
+                            slot.child = spawn(&slot.args, &logs.join(format!("{}.log", slot.name)), token.as_deref()).ok();
+                        }
+                    }
+                }
+            });
+        } else {
+            tracing::info!(url = %plane.url(), "control plane ready: start workers with `evolve worker --connect {}`", plane.url());
+        }
+        Ok(Pool { plane, placements: named, slots, stopping })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter_mut() {
+            if let Some(mut child) = slot.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn spawn(args: &[String], log: &std::path::Path, token: Option<&str>) -> Result<Child, Error> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| Error::Invalid(format!("{}: {e}", log.display())))?;
+    let err_file = log_file.try_clone().map_err(|e| Error::Invalid(format!("{}: {e}", log.display())))?;
+    let mut command = Command::new(&args[0]);
+    command.args(&args[1..]).stdin(Stdio::null()).stdout(log_file).stderr(err_file);
+    if let Some(token) = token {
+        command.env("EVOLVE_TOKEN", token);
+    }
+    command.spawn().map_err(|e| Error::Invalid(format!("cannot start worker `{}`: {e}", args.join(" "))))
+}

@@ -35,7 +35,7 @@ fn curriculum(dir: &Path) -> PathBuf {
 fn start(curriculum: &Path, ledger: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_evolve"));
     command
-        .args(["start", "--budget", "1xcpu", "--no-progress", "--curriculum"])
+        .args(["start", "--no-progress", "--curriculum"])
         .arg(curriculum)
         .arg("--ledger")
         .arg(ledger)
@@ -176,4 +176,80 @@ fn a_second_controller_on_a_busy_ledger_is_refused() {
     first.wait().unwrap();
     // The lock died with its holder: the next start resumes and finishes.
     run_to_end(&curriculum, &ledger);
+}
+
+/// Pids of the direct children of `pid` (the pool's worker processes).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+/// `GET path` on the control plane, with a plain socket (the tests need no HTTP client).
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_pool_workers_costs_only_their_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let curriculum = curriculum(dir.path());
+    let reference_ledger = dir.path().join("reference/evolve.db");
+    run_to_end(&curriculum, &reference_ledger);
+    let reference = outcome(&reference_ledger).await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ledger = dir.path().join("pool/evolve.db");
+    let mut controller = start(&curriculum, &ledger).args(["--budget", "3xcpu", "--listen", &format!("127.0.0.1:{port}")]).spawn().unwrap();
+    // Three times: wait until some worker holds a lease, then SIGKILL every worker of the pool.
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while kills < 3 && Instant::now() < deadline && controller.try_wait().unwrap().is_none() {
+        let metrics = http_get(port, "/metrics").unwrap_or_default();
+        let active = metric(&metrics, "evolve_leases_active").unwrap_or(0.0);
+        // The dead workers' leases stay active until they expire: the next kill waits for that.
+        let expired = metric(&metrics, "evolve_lease_failures_total").unwrap_or(0.0);
+        let workers = children(controller.id());
+        if active >= 1.0 && expired >= kills as f64 && workers.len() == 3 {
+            for pid in workers {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            kills += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let metrics = http_get(port, "/metrics");
+    let out = controller.wait_with_output().unwrap();
+    assert!(out.status.success(), "the pooled run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(kills, 3, "the workers were not all killed three times while holding leases");
+    let got = outcome(&ledger).await;
+    // The pool computes exactly what the in-process roles compute, kills or not.
+    assert_eq!(got.cycles, reference.cycles);
+    assert_eq!(got.compression, reference.compression);
+    assert_eq!(got.runs, reference.runs);
+    assert_eq!(got.files, reference.files);
+    verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
+
+    let url = format!("sqlite://{}?mode=ro", ledger.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let (failures, workers): (i64, i64) =
+        sqlx::query_as("SELECT SUM(failures), COUNT(DISTINCT worker) FROM role_usage WHERE worker != 'controller'").fetch_one(&mut conn).await.unwrap();
+    assert!(failures >= 3, "each kill cost at least one lease, and the ledger counts them: {failures}");
+    assert_eq!(workers, 3);
+    // /metrics answered during the run, counting the expired leases.
+    let metrics = metrics.expect("/metrics answers while the run goes on");
+    assert!(metric(&metrics, "evolve_lease_failures_total").is_some_and(|n| n >= 1.0), "{metrics}");
 }

@@ -253,3 +253,28 @@ async fn killing_pool_workers_costs_only_their_leases() {
     let metrics = metrics.expect("/metrics answers while the run goes on");
     assert!(metric(&metrics, "evolve_lease_failures_total").is_some_and(|n| n >= 1.0), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nightly_run_continues_from_the_last_accepted_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = std::fs::read_to_string(curriculum(dir.path())).unwrap();
+    text = text.replacen("warmup_steps = 5", "warmup_steps = 5\nbase = \"last-accepted\"", 1);
+    let nightly = dir.path().join("nightly.toml");
+    std::fs::write(&nightly, text).unwrap();
+    let ledger = dir.path().join("evolve.db");
+    run_to_end(&nightly, &ledger);
+    run_to_end(&nightly, &ledger);
+    let url = format!("sqlite://{}?mode=ro", ledger.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let cycles: Vec<(i64, i64, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT run_id, cycle, status, parent_hash, checkpoint_hash FROM cycles ORDER BY run_id, cycle").fetch_all(&mut conn).await.unwrap();
+    let last_of_first = cycles.iter().filter(|c| c.0 == 1 && c.2 == "accepted").next_back().unwrap().4.clone();
+    let second: Vec<_> = cycles.iter().filter(|c| c.0 == 2).collect();
+    assert_eq!(second[0].4, last_of_first, "night 2's base is night 1's last accepted checkpoint");
+    assert_eq!(second[1].3, last_of_first, "and its first cycle trains from it");
+    let pretrained: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM steps WHERE run_id = 2 AND step = 'pretrain'").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(pretrained, 0, "night 2 does not pretrain");
+    // The lineage runs on unbroken across the nights.
+    let parent: Option<String> = sqlx::query_scalar("SELECT parent_hash FROM checkpoints WHERE checkpoint_hash = ?").bind(&last_of_first).fetch_one(&mut conn).await.unwrap();
+    assert!(parent.is_some(), "night 1's last checkpoint keeps its own parent");
+}

@@ -178,6 +178,14 @@ fn a_second_controller_on_a_busy_ledger_is_refused() {
     run_to_end(&curriculum, &ledger);
 }
 
+/// How long the reference run took, from its ledger (start to finish of the run row).
+async fn run_time_guess(ledger: &Path) -> Duration {
+    let url = format!("sqlite://{}?mode=ro", ledger.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let seconds: f64 = sqlx::query_scalar("SELECT (julianday(finished_at) - julianday(started_at)) * 86400.0 FROM runs WHERE run_id = 1").fetch_one(&mut conn).await.unwrap();
+    Duration::from_secs_f64(seconds.max(1.0))
+}
+
 /// Pids of the direct children of `pid` (the pool's worker processes).
 fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
@@ -249,6 +257,27 @@ async fn killing_pool_workers_costs_only_their_leases() {
         sqlx::query_as("SELECT SUM(failures), COUNT(DISTINCT worker) FROM role_usage WHERE worker != 'controller'").fetch_one(&mut conn).await.unwrap();
     assert!(failures >= 3, "each kill cost at least one lease, and the ledger counts them: {failures}");
     assert_eq!(workers, 3);
+    // Killing a pool's controller takes its workers with it, and the same command resumes the
+    // run in a new pool with the same outcome.
+    let ledger = dir.path().join("pool-resume/evolve.db");
+    let mut pooled = start(&curriculum, &ledger).args(["--budget", "3xcpu"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while children(pooled.id()).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(run_time_guess(&reference_ledger).await.mul_f64(0.5));
+    let workers = children(pooled.id());
+    assert_eq!(workers.len(), 3);
+    pooled.kill().unwrap();
+    pooled.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for pid in workers {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")), "worker {pid} outlived its controller");
+    }
+    let out = start(&curriculum, &ledger).args(["--budget", "3xcpu"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(outcome(&ledger).await, reference);
+
     // /metrics answered during the run, counting the expired leases.
     let metrics = metrics.expect("/metrics answers while the run goes on");
     assert!(metric(&metrics, "evolve_lease_failures_total").is_some_and(|n| n >= 1.0), "{metrics}");

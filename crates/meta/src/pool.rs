@@ -196,5 +196,8 @@ fn spawn(args: &[String], log: &std::path::Path, token: Option<&str>) -> Result<
     if let Some(token) = token {
         command.env("EVOLVE_TOKEN", token);
     }
+    // The worker dies with this process (see `worker::die_with_parent`), so a killed
+    // controller leaves no worker computing for nobody.
+    command.env(crate::worker::PARENT_ENV, std::process::id().to_string());
     command.spawn().map_err(|e| Error::Invalid(format!("cannot start worker `{}`: {e}", args.join(" "))))
 }

@@ -60,9 +60,35 @@ fn unreachable(connect: &str, e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("--connect {connect}: the control plane did not answer for {}s: {e}", UNREACHABLE_LIMIT.as_secs()))
 }
 
+/// Set by the local launcher to its own pid: the worker then dies with it.
+pub const PARENT_ENV: &str = "EVOLVE_WORKER_PARENT";
+
+/// A worker the local launcher started asks the kernel to SIGKILL it when its parent (the
+/// controller) dies, however it dies: otherwise a kill -9 of the controller would leave its
+/// workers finishing jobs nobody will collect. If the parent is already gone, exit now.
+fn die_with_parent() {
+    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number reads no memory of ours;
+        // getppid cannot fail.
+        let now_parent = unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::getppid()
+        };
+        if now_parent != parent {
+            tracing::warn!(parent, "the controller that started this worker is gone");
+            std::process::exit(1);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+}
+
 /// Serves leases until the run is over (the control plane answers 410) or the control plane
 /// stays unreachable for [`UNREACHABLE_LIMIT`].
 pub fn work(options: WorkerOptions) -> Result<(), Error> {
+    die_with_parent();
     let config = ureq::Agent::config_builder().timeout_global(Some(LONG_POLL + Duration::from_secs(30))).http_status_as_error(false).build();
     let client = Arc::new(Client { agent: ureq::Agent::new_with_config(config), base: options.connect.trim_end_matches('/').to_string(), token: options.token.clone() });
     let started = Instant::now();

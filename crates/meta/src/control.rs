@@ -421,6 +421,76 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
 mod tests {
     use super::*;
 
+    fn description() -> RunDescription {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../curricula/smoke.toml")).unwrap();
+        RunDescription { curriculum: Curriculum::parse(&text, "smoke.toml").unwrap(), artifacts: "/tmp/artifacts".into() }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
+    }
+
+    /// Over a real socket: a worker leases the job, a duplicate result changes nothing, and the
+    /// controller gets the first result.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn results_are_idempotent_per_job() {
+        let plane = ControlPlane::serve(SocketAddr::from(([127, 0, 0, 1], 0)), None, description()).await.unwrap();
+        let url = plane.url();
+        let waiting = plane.submit(Job::Evaluate { checkpoint: "abc".into() });
+        let posted = tokio::task::spawn_blocking(move || {
+            let agent = agent();
+            let mut r = agent.post(format!("{url}/v1/lease")).send_json(LeaseRequest { worker: "w".into(), roles: vec![Role::Discriminator] }).unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let lease: Lease = r.body_mut().read_json().unwrap();
+            assert!(matches!(&lease.job, Job::Evaluate { checkpoint } if checkpoint == "abc"));
+            let post = |error: &str| {
+                let mut r = agent.post(format!("{url}/v1/lease/{}/result", lease.lease)).send_json(Outcome { ok: None, error: Some(error.into()) }).unwrap();
+                r.body_mut().read_json::<serde_json::Value>().unwrap()["accepted"].as_bool().unwrap()
+            };
+            (post("first"), post("second"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(posted, (true, false));
+        assert_eq!(waiting.await.unwrap().unwrap_err(), "first");
+        assert_eq!(plane.cycle_usage(0)[&("w".to_string(), Role::Discriminator)].leases, 1);
+    }
+
+    /// A job only goes to a worker of its role: a generator's poll ends empty (204). Once the
+    /// run is over a lease request says 410, or finds the server gone.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn leases_match_roles_and_a_finished_run_says_gone() {
+        let plane = ControlPlane::serve(SocketAddr::from(([127, 0, 0, 1], 0)), None, description()).await.unwrap();
+        let url = plane.url();
+        let _waiting = plane.submit(Job::Evaluate { checkpoint: "abc".into() });
+        let ask = |url: String| {
+            tokio::task::spawn_blocking(move || {
+                agent().post(format!("{url}/v1/lease")).send_json(LeaseRequest { worker: "g".into(), roles: vec![Role::Generator] }).map(|r| r.status().as_u16()).ok()
+            })
+        };
+        assert_eq!(ask(url.clone()).await.unwrap(), Some(204));
+        drop(plane);
+        let after = ask(url).await.unwrap();
+        assert!(matches!(after, Some(410) | None), "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_public_address_needs_a_token_and_requests_must_carry_it() {
+        let refused = ControlPlane::serve(SocketAddr::from(([0, 0, 0, 0], 0)), None, description()).await.err().unwrap().to_string();
+        assert!(refused.contains("token"), "{refused}");
+        let plane = ControlPlane::serve(SocketAddr::from(([127, 0, 0, 1], 0)), Some("s3cret".into()), description()).await.unwrap();
+        let url = plane.url();
+        let (without, with) = tokio::task::spawn_blocking(move || {
+            let agent = agent();
+            let without = agent.get(format!("{url}/metrics")).call().unwrap().status().as_u16();
+            let with = agent.get(format!("{url}/metrics")).header("authorization", "Bearer s3cret").call().unwrap().status().as_u16();
+            (without, with)
+        })
+        .await
+        .unwrap();
+        assert_eq!((without, with), (401, 200));
+    }
+
     #[test]
     fn an_expired_lease_puts_its_job_back_and_counts_a_failure() {
         let mut q = Queue::default();

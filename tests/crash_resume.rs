@@ -307,3 +307,58 @@ async fn a_nightly_run_continues_from_the_last_accepted_checkpoint() {
     let parent: Option<String> = sqlx::query_scalar("SELECT parent_hash FROM checkpoints WHERE checkpoint_hash = ?").bind(&last_of_first).fetch_one(&mut conn).await.unwrap();
     assert!(parent.is_some(), "night 1's last checkpoint keeps its own parent");
 }
+
+/// The fault suite on a 4-worker CPU pool: in every trial, at moments drawn from a seeded RNG,
+/// either one random worker or the controller is SIGKILLed (the controller is then started
+/// again with the same command) until the run finishes. Every trial must end with the
+/// uninterrupted run's ledger and artifacts. `EVOLVE_FAULT_SEED` and `EVOLVE_FAULT_TRIALS`
+/// (default 2026 and 4) run other or longer series.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kills_on_a_four_worker_pool() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let dir = tempfile::tempdir().unwrap();
+    let curriculum = curriculum(dir.path());
+    let reference_ledger = dir.path().join("reference/evolve.db");
+    let run_time = run_to_end(&curriculum, &reference_ledger);
+    let reference = outcome(&reference_ledger).await;
+    let setting = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let mut rng = StdRng::seed_from_u64(setting("EVOLVE_FAULT_SEED", 2026));
+    let (mut worker_kills, mut controller_kills) = (0, 0);
+    for trial in 0..setting("EVOLVE_FAULT_TRIALS", 4) {
+        let ledger = dir.path().join(format!("trial{trial}/evolve.db"));
+        let mut controller = start(&curriculum, &ledger).args(["--budget", "4xcpu"]).stderr(Stdio::null()).spawn().unwrap();
+        let mut faults = 0;
+        loop {
+            let wait = run_time.mul_f64(rng.random_range(0.1..0.5));
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline && controller.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some(status) = controller.try_wait().unwrap() {
+                assert!(status.success(), "trial {trial}: the controller failed");
+                break;
+            }
+            if faults == 3 {
+                // Enough faults for this trial: let it finish.
+                assert!(controller.wait().unwrap().success(), "trial {trial}: the controller failed");
+                break;
+            }
+            faults += 1;
+            let workers = children(controller.id());
+            if rng.random_bool(0.3) || workers.is_empty() {
+                controller.kill().unwrap();
+                controller.wait().unwrap();
+                controller_kills += 1;
+                controller = start(&curriculum, &ledger).args(["--budget", "4xcpu"]).stderr(Stdio::null()).spawn().unwrap();
+            } else {
+                let pid = workers[rng.random_range(0..workers.len())];
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                worker_kills += 1;
+            }
+        }
+        assert_eq!(outcome(&ledger).await, reference, "trial {trial}");
+        verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
+    }
+    eprintln!("fault suite: {worker_kills} worker kills, {controller_kills} controller kills, every trial identical to the uninterrupted run");
+    assert!(worker_kills >= 3 && controller_kills >= 1, "{worker_kills} worker kills, {controller_kills} controller kills");
+}

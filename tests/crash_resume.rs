@@ -362,3 +362,109 @@ async fn random_kills_on_a_four_worker_pool() {
     eprintln!("fault suite: {worker_kills} worker kills, {controller_kills} controller kills, every trial identical to the uninterrupted run");
     assert!(worker_kills >= 3 && controller_kills >= 1, "{worker_kills} worker kills, {controller_kills} controller kills");
 }
+
+/// A real single-node Slurm (slurmctld, slurmd, munge; fake GPUs for `--gres`), started by
+/// `scripts/slurm-local.sh` for this test and stopped when it ends.
+struct SlurmCluster {
+    dir: PathBuf,
+    conf: String,
+}
+
+impl SlurmCluster {
+    fn start(dir: PathBuf) -> SlurmCluster {
+        let out = Command::new(root().join("scripts/slurm-local.sh")).arg("start").arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "a real local Slurm is needed (Debian: apt-get install slurmctld slurmd slurm-client munge, as .ci/run does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let conf = stdout.lines().filter_map(|l| l.strip_prefix("export SLURM_CONF=")).last().expect("the script prints SLURM_CONF").trim().to_string();
+        SlurmCluster { dir, conf }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.env("SLURM_CONF", &self.conf);
+        command
+    }
+
+    /// `squeue` ids (`12_3`) of the evolve workers' tasks in `states`.
+    fn worker_tasks(&self, states: &str) -> Vec<String> {
+        let out = self.command("squeue").args(["-h", "-r", "--name=evolve-worker", "-t", states, "-o", "%i"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    }
+}
+
+impl Drop for SlurmCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/slurm-local.sh")).arg("stop").arg(&self.dir).status();
+    }
+}
+
+/// `--launcher slurm` on a real Slurm: the workers run as one sbatch job array with a (fake) GPU
+/// each; twice, Slurm cancels every worker while one holds a lease; the watcher hands the leases
+/// out again and resubmits the tasks; the run ends exactly as the in-process run does, and no
+/// worker job is left queued or running.
+#[tokio::test(flavor = "multi_thread")]
+async fn slurm_places_the_pool_and_requeues_the_work_of_jobs_it_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let slurm = SlurmCluster::start(dir.path().join("slurm"));
+    let curriculum = curriculum(dir.path());
+    let reference_ledger = dir.path().join("reference/evolve.db");
+    run_to_end(&curriculum, &reference_ledger);
+    let reference = outcome(&reference_ledger).await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ledger = dir.path().join("slurm-pool/evolve.db");
+    let mut controller = start(&curriculum, &ledger)
+        .args(["--budget", "3xcpu", "--launcher", "slurm", "--sbatch-args=--gres=gpu:1", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SLURM_CONF", &slurm.conf)
+        .spawn()
+        .unwrap();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while kills < 2 && Instant::now() < deadline && controller.try_wait().unwrap().is_none() {
+        let metrics = http_get(port, "/metrics").unwrap_or_default();
+        let active = metric(&metrics, "evolve_leases_active").unwrap_or(0.0);
+        let expired = metric(&metrics, "evolve_lease_failures_total").unwrap_or(0.0);
+        let running = slurm.worker_tasks("RUNNING");
+        if active >= 1.0 && expired >= kills as f64 && running.len() == 3 {
+            let cancelled = slurm.command("scancel").args(&running).status().unwrap();
+            assert!(cancelled.success());
+            kills += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let out = controller.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Slurm-placed run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(kills, 2, "Slurm did not get to cancel the workers twice while one held a lease");
+    let got = outcome(&ledger).await;
+    assert_eq!(got.cycles, reference.cycles);
+    assert_eq!(got.compression, reference.compression);
+    assert_eq!(got.runs, reference.runs);
+    assert_eq!(got.files, reference.files);
+    verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
+
+    let url = format!("sqlite://{}?mode=ro", ledger.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let (failures, workers): (i64, i64) =
+        sqlx::query_as("SELECT SUM(failures), COUNT(DISTINCT worker) FROM role_usage WHERE worker != 'controller'").fetch_one(&mut conn).await.unwrap();
+    assert!(failures >= 2, "each cancellation cost the lease it held: {failures}");
+    assert_eq!(workers, 3);
+    // Each task was granted a (fake) GPU by --gres, and the run cancelled its jobs at the end.
+    let logs: Vec<String> = std::fs::read_dir(ledger.parent().unwrap().join("workers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("slurm-"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(logs.len() >= 9, "3 tasks, then 3 resubmissions after each of the 2 cancellations: {} logs", logs.len());
+    assert!(logs.iter().all(|l| l.contains("CUDA_VISIBLE_DEVICES=") && !l.contains("CUDA_VISIBLE_DEVICES= ")), "a task without a GPU: {logs:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !slurm.worker_tasks("PENDING,RUNNING,CONFIGURING").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(slurm.worker_tasks("PENDING,RUNNING,CONFIGURING"), Vec::<String>::new(), "worker jobs outlived the run");
+}

@@ -59,6 +59,12 @@ enum Command {
         /// time and cost) and exit without training or touching the ledger.
         #[arg(long)]
         dry_run: bool,
+        /// Simulate the run's scheduling on the budget (GPUs this machine need not have): the
+        /// control plane's scheduler with one simulated worker per device at the catalogue's
+        /// speed, on a fast-forwarded clock, once calm and once with workers dying. Prints wall
+        /// time, scheduling overhead, busy share and lease churn; trains nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        simulate: bool,
         /// Serve the control plane on this address (e.g. 0.0.0.0:7070) and run the roles in
         /// worker processes, even on a one-device budget. A budget of several devices always
         /// runs a pool (on a free loopback port unless this says otherwise).
@@ -68,9 +74,14 @@ enum Command {
         #[arg(long, env = "EVOLVE_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// How pool workers start: `local` (one `evolve worker` process per device, restarted
-        /// if it dies) or `external` (you start `evolve worker --connect URL` yourself).
-        #[arg(long, default_value = "local", value_parser = ["local", "external"])]
+        /// if it dies), `slurm` (an sbatch job array, a task per device with --gres=gpu:1 on a
+        /// GPU budget, resubmitted if Slurm kills one; serve the control plane with --listen on
+        /// an address the nodes reach) or `external` (you start `evolve worker --connect URL`).
+        #[arg(long, default_value = "local", value_parser = ["local", "slurm", "external"])]
         launcher: String,
+        /// Extra sbatch arguments for `--launcher slurm`, e.g. "--partition=gpu --time=12:00:00".
+        #[arg(long, env = "EVOLVE_SBATCH_ARGS", allow_hyphen_values = true)]
+        sbatch_args: Option<String>,
     },
     /// Serve a run's control plane as a worker: take leases of the given roles, run them on this
     /// device, post the results. Exits when the run is over.
@@ -189,12 +200,17 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> Result<(), String> {
     match command {
-        Command::Start { budget, curriculum, ledger, device, cycles, no_progress, resume, fresh, dry_run, listen, token, launcher } => {
+        Command::Start { budget, curriculum, ledger, device, cycles, no_progress, resume, fresh, dry_run, simulate, listen, token, launcher, sbatch_args } => {
             // The budget and the device are checked before anything touches the disk.
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
             if dry_run {
                 let plan = evolve_meta::plan::plan_for(&budget, &curriculum).map_err(|e| e.to_string())?;
                 print!("{}", plan.render());
+                return Ok(());
+            }
+            if simulate {
+                let (calm, faulty) = evolve_meta::simulate::simulate_budget(&budget, &curriculum, cycles).map_err(|e| e.to_string())?;
+                print!("{}\n{}", calm.render(), faulty.render());
                 return Ok(());
             }
             let start = if resume { StartMode::Resume } else if fresh { StartMode::Fresh } else { StartMode::Auto };
@@ -211,7 +227,13 @@ async fn execute(command: Command) -> Result<(), String> {
                 base: None,
                 recompress: true,
                 start,
-                pool: PoolOptions { listen, token, launcher: if launcher == "external" { Launcher::External } else { Launcher::Local }, worker_exe: None },
+                pool: PoolOptions {
+                    listen,
+                    token,
+                    launcher: Launcher::parse(&launcher).map_err(|e| e.to_string())?,
+                    worker_exe: None,
+                    sbatch_args: sbatch_args.map(|a| a.split_whitespace().map(str::to_string).collect()).unwrap_or_default(),
+                },
             };
             let summary = evolve_meta::run(options)
                 .await

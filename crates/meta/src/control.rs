@@ -54,6 +54,17 @@ pub enum Job {
     Judge(JudgeJob),
 }
 
+/// What the scheduler needs of a job: which role's workers may take it.
+pub(crate) trait RoleJob: Clone {
+    fn role(&self) -> Role;
+}
+
+impl RoleJob for Job {
+    fn role(&self) -> Role {
+        Job::role(self)
+    }
+}
+
 impl Job {
     pub fn role(&self) -> Role {
         match self {
@@ -111,68 +122,170 @@ pub struct WorkerCycleUsage {
     pub failures: u32,
 }
 
-struct PendingJob {
+struct PendingJob<J> {
     id: u64,
     /// The cycle the controller was in when it asked: whose usage the job's leases count to.
     cycle: u32,
-    job: Job,
+    job: J,
 }
 
-struct ActiveLease {
+/// Time on the control plane's clock: since it started serving (or, in a simulation, since the
+/// simulated run began), so the same queue runs on real and on fast-forwarded time.
+pub(crate) type Tick = Duration;
+
+struct ActiveLease<J> {
     job_id: u64,
     cycle: u32,
-    job: Job,
+    job: J,
     worker: String,
-    started: Instant,
-    deadline: Instant,
+    started: Tick,
+    deadline: Tick,
 }
 
-#[derive(Default)]
-struct Queue {
+/// The scheduler: jobs waiting, leases out, results in, usage counted. Every operation takes the
+/// time it happens at; the HTTP handlers pass the wall clock, `simulate` a simulated one.
+pub(crate) struct Queue<J = Job> {
     next_id: u64,
-    pending: Vec<PendingJob>,
-    leases: HashMap<u64, ActiveLease>,
+    pending: Vec<PendingJob<J>>,
+    leases: HashMap<u64, ActiveLease<J>>,
     /// Jobs whose result arrived (job id → whether it was accepted), for idempotence.
     done: HashMap<u64, ()>,
     waiters: HashMap<u64, oneshot::Sender<Result<JobResult, String>>>,
     /// (cycle, worker, role) → usage.
     usage: BTreeMap<(u32, String, Role), WorkerCycleUsage>,
     /// Workers seen, with their last contact.
-    workers: BTreeMap<String, Instant>,
+    workers: BTreeMap<String, Tick>,
     lease_failures: u64,
     jobs_done: u64,
     finished: bool,
 }
 
-impl Queue {
-    /// Puts every expired lease's job back at the front of the queue.
-    fn reap(&mut self, now: Instant) {
+impl<J> Default for Queue<J> {
+    fn default() -> Self {
+        Queue {
+            next_id: 0,
+            pending: Vec::new(),
+            leases: HashMap::new(),
+            done: HashMap::new(),
+            waiters: HashMap::new(),
+            usage: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            lease_failures: 0,
+            jobs_done: 0,
+            finished: false,
+        }
+    }
+}
+
+impl<J: RoleJob> Queue<J> {
+    /// Queues `job` (counted to `cycle`); returns its id.
+    pub(crate) fn submit(&mut self, cycle: u32, job: J) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.pending.push(PendingJob { id, cycle, job });
+        id
+    }
+
+    /// The first waiting job of one of `roles`, as a new lease of `worker`.
+    pub(crate) fn take(&mut self, worker: &str, roles: &[Role], now: Tick) -> Option<(u64, J)> {
+        self.workers.insert(worker.to_string(), now);
+        let at = self.pending.iter().position(|p| roles.contains(&p.job.role()))?;
+        let pending = self.pending.remove(at);
+        self.next_id += 1;
+        let lease = self.next_id;
+        let job = pending.job.clone();
+        self.leases.insert(lease, ActiveLease { job_id: pending.id, cycle: pending.cycle, job: pending.job, worker: worker.to_string(), started: now, deadline: now + LEASE_TTL });
+        Some((lease, job))
+    }
+
+    /// Extends `lease`; false when it expired (its job went back to the queue).
+    pub(crate) fn beat(&mut self, lease: u64, now: Tick) -> bool {
+        let Some(l) = self.leases.get_mut(&lease) else { return false };
+        l.deadline = now + LEASE_TTL;
+        let worker = l.worker.clone();
+        self.workers.insert(worker, now);
+        true
+    }
+
+    /// A result for `lease`: the id of its job if this is the job's first result (the one that
+    /// counts); `None` for a duplicate or a lease that had expired.
+    pub(crate) fn complete(&mut self, lease: u64, now: Tick) -> Option<u64> {
+        let lease = self.leases.remove(&lease)?;
+        let usage = self.usage.entry((lease.cycle, lease.worker.clone(), lease.job.role())).or_default();
+        usage.busy_seconds += (now - lease.started).as_secs_f64();
+        usage.leases += 1;
+        if self.done.contains_key(&lease.job_id) {
+            return None;
+        }
+        self.done.insert(lease.job_id, ());
+        self.jobs_done += 1;
+        // A lease that expired may have put a second copy of the job back: drop it.
+        self.pending.retain(|p| p.id != lease.job_id);
+        Some(lease.job_id)
+    }
+
+    /// Puts every expired lease's job back at the front of the queue; true if any was.
+    pub(crate) fn reap(&mut self, now: Tick) -> bool {
         let expired: Vec<u64> = self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(&id, _)| id).collect();
-        for id in expired {
+        for &id in &expired {
             let lease = self.leases.remove(&id).expect("listed above");
             let role = lease.job.role();
             let usage = self.usage.entry((lease.cycle, lease.worker.clone(), role)).or_default();
             usage.failures += 1;
-            usage.busy_seconds += (now - lease.started).as_secs_f64();
+            usage.busy_seconds += now.saturating_sub(lease.started).as_secs_f64();
             self.lease_failures += 1;
             tracing::warn!(lease = id, worker = %lease.worker, role = role.as_str(), "lease expired without a result: the job goes back to the queue");
             self.pending.insert(0, PendingJob { id: lease.job_id, cycle: lease.cycle, job: lease.job });
         }
+        !expired.is_empty()
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Usage per (cycle, worker, role) of the leases that ended.
+    pub(crate) fn usage(&self) -> &BTreeMap<(u32, String, Role), WorkerCycleUsage> {
+        &self.usage
+    }
+
+    pub(crate) fn lease_failures(&self) -> u64 {
+        self.lease_failures
+    }
+
+    /// `worker` is known dead: its leases expire now.
+    pub(crate) fn release(&mut self, worker: &str, now: Tick) -> bool {
+        for lease in self.leases.values_mut().filter(|l| l.worker == worker) {
+            lease.deadline = now;
+        }
+        self.reap(now)
     }
 }
 
 /// The control plane of one run.
 pub struct ControlPlane {
     queue: Arc<Mutex<Queue>>,
+    clock: Clock,
     cycle: std::sync::atomic::AtomicU32,
     wake: Arc<Notify>,
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
+/// The wall clock as [`Tick`]s.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> Tick {
+        self.0.elapsed()
+    }
+}
+
 #[derive(Clone)]
 struct Shared {
     queue: Arc<Mutex<Queue>>,
+    clock: Clock,
     wake: Arc<Notify>,
     token: Option<String>,
     run: Arc<RunDescription>,
@@ -195,7 +308,8 @@ impl ControlPlane {
         let addr = listener.local_addr().map_err(|e| Error::Invalid(format!("--listen {bind}: {e}")))?;
         let queue = Arc::new(Mutex::new(Queue::default()));
         let wake = Arc::new(Notify::new());
-        let shared = Shared { queue: queue.clone(), wake: wake.clone(), token, run: Arc::new(run) };
+        let clock = Clock(Instant::now());
+        let shared = Shared { queue: queue.clone(), clock, wake: wake.clone(), token, run: Arc::new(run) };
         let app = Router::new()
             .route("/v1/run", get(run_description))
             .route("/v1/lease", post(take_lease))
@@ -221,15 +335,13 @@ impl ControlPlane {
                 if q.finished {
                     break;
                 }
-                let before = q.pending.len();
-                q.reap(Instant::now());
-                if q.pending.len() > before {
+                if q.reap(clock.now()) {
                     reap_wake.notify_waiters();
                 }
             }
         });
         tracing::info!(%addr, "control plane listening");
-        Ok(ControlPlane { queue, cycle: Default::default(), wake, addr, shutdown: Some(shutdown) })
+        Ok(ControlPlane { queue, clock, cycle: Default::default(), wake, addr, shutdown: Some(shutdown) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -251,10 +363,8 @@ impl ControlPlane {
         let cycle = self.cycle.load(std::sync::atomic::Ordering::Relaxed);
         {
             let mut q = lock(&self.queue);
-            q.next_id += 1;
-            let id = q.next_id;
+            let id = q.submit(cycle, job);
             q.waiters.insert(id, tx);
-            q.pending.push(PendingJob { id, cycle, job });
         }
         self.wake.notify_waiters();
         rx
@@ -265,10 +375,19 @@ impl ControlPlane {
         let q = lock(&self.queue);
         let mut out: BTreeMap<(String, Role), WorkerCycleUsage> =
             q.usage.iter().filter(|((c, _, _), _)| *c == cycle).map(|((_, w, r), u)| ((w.clone(), *r), u.clone())).collect();
+        let now = self.clock.now();
         for lease in q.leases.values().filter(|l| l.cycle == cycle) {
-            out.entry((lease.worker.clone(), lease.job.role())).or_default().busy_seconds += lease.started.elapsed().as_secs_f64();
+            out.entry((lease.worker.clone(), lease.job.role())).or_default().busy_seconds += now.saturating_sub(lease.started).as_secs_f64();
         }
         out
+    }
+
+    /// The launcher saw `worker` die: its leases go back to the queue now instead of when they
+    /// expire, each counted as a failure.
+    pub fn release_worker(&self, worker: &str) {
+        if lock(&self.queue).release(worker, self.clock.now()) {
+            self.wake.notify_waiters();
+        }
     }
 
     /// Workers that have asked for work so far.
@@ -314,17 +433,10 @@ async fn take_lease(State(shared): State<Shared>, headers: HeaderMap, Json(reque
         let woken = shared.wake.notified();
         {
             let mut q = lock(&shared.queue);
-            q.workers.insert(request.worker.clone(), Instant::now());
             if q.finished {
                 return (StatusCode::GONE, "the run is over").into_response();
             }
-            if let Some(at) = q.pending.iter().position(|p| request.roles.contains(&p.job.role())) {
-                let pending = q.pending.remove(at);
-                q.next_id += 1;
-                let lease = q.next_id;
-                let now = Instant::now();
-                let job = pending.job.clone();
-                q.leases.insert(lease, ActiveLease { job_id: pending.id, cycle: pending.cycle, job: pending.job, worker: request.worker.clone(), started: now, deadline: now + LEASE_TTL });
+            if let Some((lease, job)) = q.take(&request.worker, &request.roles, shared.clock.now()) {
                 return Json(Lease { lease, job, ttl_ms: LEASE_TTL.as_millis() as u64 }).into_response();
             }
         }
@@ -339,15 +451,10 @@ async fn heartbeat(State(shared): State<Shared>, headers: HeaderMap, Path(id): P
     if let Err(denied) = authorized(&shared, &headers) {
         return denied;
     }
-    let mut q = lock(&shared.queue);
-    match q.leases.get_mut(&id) {
-        Some(lease) => {
-            lease.deadline = Instant::now() + LEASE_TTL;
-            let worker = lease.worker.clone();
-            q.workers.insert(worker, Instant::now());
-            StatusCode::OK.into_response()
-        }
-        None => (StatusCode::GONE, "lease expired; its job was handed out again").into_response(),
+    if lock(&shared.queue).beat(id, shared.clock.now()) {
+        StatusCode::OK.into_response()
+    } else {
+        (StatusCode::GONE, "lease expired; its job was handed out again").into_response()
     }
 }
 
@@ -361,26 +468,16 @@ async fn post_result(State(shared): State<Shared>, headers: HeaderMap, Path(id):
         return denied;
     }
     let mut q = lock(&shared.queue);
-    let Some(lease) = q.leases.remove(&id) else {
-        // Unknown or expired: a duplicate, or a worker that lost its lease. Changes nothing.
+    // Unknown or expired: a duplicate, or a worker that lost its lease. Changes nothing.
+    let Some(job_id) = q.complete(id, shared.clock.now()) else {
         return Json(Accepted { accepted: false }).into_response();
     };
-    let usage = q.usage.entry((lease.cycle, lease.worker.clone(), lease.job.role())).or_default();
-    usage.busy_seconds += lease.started.elapsed().as_secs_f64();
-    usage.leases += 1;
-    if q.done.contains_key(&lease.job_id) {
-        return Json(Accepted { accepted: false }).into_response();
-    }
-    q.done.insert(lease.job_id, ());
-    q.jobs_done += 1;
-    // A lease that expired may have put a second copy of the job back: drop it.
-    q.pending.retain(|p| p.id != lease.job_id);
     let result = match (outcome.ok, outcome.error) {
         (Some(ok), _) => Ok(ok),
         (None, Some(error)) => Err(error),
         (None, None) => Err("the worker posted neither a result nor an error".into()),
     };
-    if let Some(waiter) = q.waiters.remove(&lease.job_id) {
+    if let Some(waiter) = q.waiters.remove(&job_id) {
         let _ = waiter.send(result);
     }
     Json(Accepted { accepted: true }).into_response()
@@ -494,7 +591,7 @@ mod tests {
     #[test]
     fn an_expired_lease_puts_its_job_back_and_counts_a_failure() {
         let mut q = Queue::default();
-        let now = Instant::now();
+        let now = Duration::from_secs(100);
         let job = Job::Evaluate { checkpoint: "abc".into() };
         q.leases.insert(7, ActiveLease { job_id: 1, cycle: 0, job, worker: "w1".into(), started: now, deadline: now + Duration::from_secs(1) });
         q.reap(now);

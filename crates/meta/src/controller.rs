@@ -168,7 +168,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     curriculum.seed = seed;
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
-    let pool = if options.budget.count > 1 || options.pool.listen.is_some() {
+    let pool = if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
         let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
         let placements = crate::plan::assign_roles(options.budget.count, &crate::plan::cycle_work(&model_config, &curriculum));
         let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));

@@ -19,6 +19,8 @@ pub mod pool;
 pub mod progress;
 mod resume;
 pub mod roles;
+pub mod simulate;
+mod slurm;
 pub mod worker;
 
 pub use ablation::{AblateOptions, AblationReport, ablate};

@@ -1,6 +1,8 @@
-//! The worker pool of a run: the control plane, the roles as jobs for it, and the local launcher
-//! that starts one `evolve worker` process per device of the budget (roles by the plan) and
-//! restarts any that dies, so a killed worker costs only its lease.
+//! The worker pool of a run: the control plane, the roles as jobs for it, and the launchers that
+//! put one `evolve worker` per device of the budget (roles by the plan): the local launcher starts
+//! processes on this machine, the Slurm launcher ([`crate::slurm`]) a job array. Either restarts
+//! a worker that dies and hands its leases out again at once, so a killed worker costs only its
+//! lease.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use crate::control::{ControlPlane, Job, JobResult, RunDescription};
 use crate::plan::{Placement, Role};
+use crate::slurm::SlurmWorkers;
 use crate::roles::{EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, TrainJob, TrainResult, TrainerRole};
 use crate::Error;
 use evolve_trainer::StepInfo;
@@ -23,6 +26,19 @@ pub enum Launcher {
     Local,
     /// None: the user starts `evolve worker --connect URL` wherever the devices are.
     External,
+    /// One `sbatch` job array, a task per device, that connects back (see [`crate::slurm`]).
+    Slurm,
+}
+
+impl Launcher {
+    pub fn parse(text: &str) -> Result<Launcher, Error> {
+        match text {
+            "local" => Ok(Launcher::Local),
+            "external" => Ok(Launcher::External),
+            "slurm" => Ok(Launcher::Slurm),
+            other => Err(Error::Invalid(format!("--launcher {other}: valid launchers are local, external and slurm"))),
+        }
+    }
 }
 
 /// Where the roles of a run execute: in the controller's process (one device, the default) or
@@ -37,6 +53,8 @@ pub struct PoolOptions {
     pub launcher: Launcher,
     /// The `evolve` binary to start workers with (default: this process's own executable).
     pub worker_exe: Option<PathBuf>,
+    /// Extra `sbatch` arguments for the Slurm launcher (partition, account, time limit, ...).
+    pub sbatch_args: Vec<String>,
 }
 
 /// The roles, each call a job for the pool's workers. Calls block their (tokio worker) thread
@@ -112,6 +130,8 @@ pub(crate) struct Pool {
     pub placements: Vec<(String, Vec<Role>)>,
     slots: Arc<Mutex<Vec<Slot>>>,
     stopping: Arc<AtomicBool>,
+    /// Declared after `plane`'s users: dropping it cancels the Slurm jobs.
+    _slurm: Option<SlurmWorkers>,
 }
 
 fn role_list(roles: &[Role]) -> String {
@@ -119,59 +139,75 @@ fn role_list(roles: &[Role]) -> String {
 }
 
 impl Pool {
+    /// Serves the control plane and puts the workers of `placements` wherever the launcher says.
+    /// `device_of(d)` is the `--device` of the worker on device `d` of a local pool; a Slurm
+    /// worker gets device 0 of its kind (the GPU Slurm granted it).
     pub async fn start(options: &PoolOptions, run: RunDescription, placements: &[Placement], device_of: impl Fn(u32) -> String, logs: PathBuf) -> Result<Pool, Error> {
         let listen = options.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let plane = Arc::new(ControlPlane::serve(listen, options.token.clone(), run).await?);
         let slots = Arc::new(Mutex::new(Vec::new()));
         let stopping = Arc::new(AtomicBool::new(false));
-        let mut named = Vec::new();
-        if options.launcher == Launcher::Local {
-            let exe = match &options.worker_exe {
-                Some(exe) => exe.clone(),
-                None => std::env::current_exe().map_err(|e| Error::Invalid(format!("cannot find this evolve binary to start workers with: {e}")))?,
-            };
-            std::fs::create_dir_all(&logs).map_err(|e| Error::Invalid(format!("{}: {e}", logs.display())))?;
-            let connect = if listen.ip().is_unspecified() { format!("http://127.0.0.1:{}", plane.addr().port()) } else { plane.url() };
-            let mut started = Vec::new();
-            for p in placements {
-                let name = format!("w{}", p.device);
-                let args = vec![
-                    exe.display().to_string(),
-                    "worker".into(),
-                    "--connect".into(),
-                    connect.clone(),
-                    "--role".into(),
-                    role_list(&p.roles),
-                    "--device".into(),
-                    device_of(p.device),
-                    "--name".into(),
-                    name.clone(),
-                ];
-                let child = spawn(&args, &logs.join(format!("{name}.log")), options.token.as_deref())?;
-                named.push((name.clone(), p.roles.clone()));
-                started.push(Slot { name, args, child: Some(child), restarts: 0 });
-            }
-            *slots.lock().unwrap_or_else(|e| e.into_inner()) = started;
-            // The supervisor: a worker that exits while the run goes on is started again.
-            let (watched, stop, token) = (slots.clone(), stopping.clone(), options.token.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(300));
-                    let mut slots = watched.lock().unwrap_or_else(|e| e.into_inner());
-                    for slot in slots.iter_mut() {
-                        let exited = slot.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
-                        if exited && !stop.load(Ordering::Relaxed) {
-                            slot.restarts += 1;
-                            tracing::warn!(worker = %slot.name, restarts = slot.restarts, "worker exited; starting it again");
-                            slot.child = spawn(&slot.args, &logs.join(format!("{}.log", slot.name)), token.as_deref()).ok();
+        let named: Vec<(String, Vec<Role>)> = placements.iter().map(|p| (format!("w{}", p.device), p.roles.clone())).collect();
+        let connect = if listen.ip().is_unspecified() { format!("http://127.0.0.1:{}", plane.addr().port()) } else { plane.url() };
+        let exe = || match &options.worker_exe {
+            Some(exe) => Ok(exe.clone()),
+            None => std::env::current_exe().map_err(|e| Error::Invalid(format!("cannot find this evolve binary to start workers with: {e}"))),
+        };
+        let mut slurm = None;
+        match options.launcher {
+            Launcher::Local => {
+                let exe = exe()?;
+                std::fs::create_dir_all(&logs).map_err(|e| Error::Invalid(format!("{}: {e}", logs.display())))?;
+                let mut started = Vec::new();
+                for (p, (name, roles)) in placements.iter().zip(&named) {
+                    let args = vec![
+                        exe.display().to_string(),
+                        "worker".into(),
+                        "--connect".into(),
+                        connect.clone(),
+                        "--role".into(),
+                        role_list(roles),
+                        "--device".into(),
+                        device_of(p.device),
+                        "--name".into(),
+                        name.clone(),
+                    ];
+                    let child = spawn(&args, &logs.join(format!("{name}.log")), options.token.as_deref())?;
+                    started.push(Slot { name: name.clone(), args, child: Some(child), restarts: 0 });
+                }
+                *slots.lock().unwrap_or_else(|e| e.into_inner()) = started;
+                // The supervisor: a worker that exits while the run goes on is started again,
+                // and its leases go back to the queue without waiting for them to expire.
+                let (watched, stop, token, plane) = (slots.clone(), stopping.clone(), options.token.clone(), plane.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(300));
+                        let mut slots = watched.lock().unwrap_or_else(|e| e.into_inner());
+                        for slot in slots.iter_mut() {
+                            let exited = slot.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+                            if exited && !stop.load(Ordering::Relaxed) {
+                                slot.restarts += 1;
+                                tracing::warn!(worker = %slot.name, restarts = slot.restarts, "worker exited; starting it again");
+                                plane.release_worker(&slot.name);
+                                slot.child = spawn(&slot.args, &logs.join(format!("{}.log", slot.name)), token.as_deref()).ok();
+                            }
                         }
                     }
-                }
-            });
-        } else {
-            tracing::info!(url = %plane.url(), "control plane ready: start workers with `evolve worker --connect {}`", plane.url());
+                });
+            }
+            Launcher::Slurm => {
+                std::fs::create_dir_all(&logs).map_err(|e| Error::Invalid(format!("{}: {e}", logs.display())))?;
+                let device = device_of(0);
+                let workers: Vec<(String, Vec<String>)> = named.iter().map(|(n, roles)| (n.clone(), roles.iter().map(|r| r.as_str().to_string()).collect())).collect();
+                let gres = device != "cpu";
+                slurm = Some(SlurmWorkers::start(&workers, &exe()?, &connect, &device, gres, options.sbatch_args.clone(), options.token.clone(), &logs, plane.clone())?);
+            }
+            Launcher::External => {
+                tracing::info!(url = %plane.url(), "control plane ready: start workers with `evolve worker --connect {}`", plane.url());
+            }
         }
-        Ok(Pool { plane, placements: named, slots, stopping })
+        let placements = if options.launcher == Launcher::External { Vec::new() } else { named };
+        Ok(Pool { plane, placements, slots, stopping, _slurm: slurm })
     }
 }
 

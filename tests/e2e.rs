@@ -167,6 +167,30 @@ fn malformed_budgets_fail_cleanly_before_touching_the_disk() {
     assert!(!db.exists(), "no ledger is created for a run that cannot start");
 }
 
+/// `--dry-run` and `--simulate` plan a budget this machine does not have and touch no ledger:
+/// the simulation runs every job of the run through the control plane's scheduler and reports
+/// its overhead, busy share and what workers dying cost.
+#[test]
+fn plans_and_simulations_of_a_gpu_pool_need_no_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evolve.db");
+    let smoke = root().join("curricula/smoke.toml");
+    let smoke = smoke.to_str().unwrap();
+    let plan = evolve(&["start", "--budget", "40xRTX4090", "--dry-run", "--curriculum", smoke, "--ledger", db.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(text(&plan).contains("fits in one RTX4090"), "{}", text(&plan));
+    let out = evolve(&["start", "--budget", "40xRTX4090", "--simulate", "--cycles", "4", "--curriculum", smoke, "--ledger", db.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // 4 base stages' jobs + per cycle: generate, judge, train, snapshots' and quantized evaluations.
+    assert!(t.contains("simulated --budget 40xRTX4090: 4 cycles"), "{t}");
+    let overheads: Vec<f64> = t.lines().filter_map(|l| l.trim().strip_prefix("scheduling overhead ")).map(|l| l.split('%').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(overheads.len(), 2, "a calm and a faulty simulation: {t}");
+    assert!(overheads[0] > 0.0 && overheads[0] < overheads[1], "workers dying cost wall time: {t}");
+    assert!(t.contains("worker deaths 0") && t.contains("worker deaths 40"), "{t}");
+    assert!(!db.exists(), "planning and simulating write no ledger");
+}
+
 #[test]
 fn malformed_curricula_fail_with_file_and_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -170,7 +170,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
     let pool = if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
         let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
-        let placements = crate::plan::assign_roles(options.budget.count, &crate::plan::cycle_work(&model_config, &curriculum));
+        let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum));
         let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
         let cpu = options.budget.is_cpu();
         let run = RunDescription { curriculum: curriculum.clone(), artifacts };
@@ -340,9 +340,15 @@ impl Controller {
         let steps_at = now_iso();
         let t = Instant::now();
         self.replay_committed(next).await?;
-        let base_eval = self.evaluator.evaluate(&base_hash)?;
         let parent_hash = point.parent.clone().unwrap_or_else(|| base_hash.clone());
-        let parent_eval = if parent_hash == base_hash { base_eval.clone() } else { self.evaluator.evaluate(&parent_hash)? };
+        let (base_eval, parent_eval) = if parent_hash == base_hash {
+            let base_eval = self.evaluator.evaluate(&base_hash)?;
+            (base_eval.clone(), base_eval)
+        } else {
+            let mut both = self.evaluator.evaluate_many(&[base_hash.clone(), parent_hash.clone()])?;
+            let parent_eval = both.pop().expect("two evaluations");
+            (both.pop().expect("two evaluations"), parent_eval)
+        };
         let mut recompressed = None;
         if self.recompress
             && let Some((cycle, checkpoint, its_parent)) = &point.last_accepted
@@ -616,10 +622,13 @@ impl Controller {
         // Every snapshot of the cycle goes through the gate; the accepted one with the largest
         // frontier gain wins (early snapshots forget less, late ones learn more).
         let mut verdicts = Vec::new();
-        for snapshot in &trained.snapshots {
-            let (steps, hash) = (snapshot.report.steps, &snapshot.checkpoint);
+        let hashes: Vec<String> = trained.snapshots.iter().map(|s| s.checkpoint.clone()).collect();
+        for hash in &hashes {
             self.record_checkpoint(hash, Some(&parent.0)).await?;
-            let evaluation = self.evaluate(cycle, hash).await?;
+        }
+        let evaluations = self.evaluate_many(cycle, &hashes).await?;
+        for (snapshot, evaluation) in trained.snapshots.iter().zip(evaluations) {
+            let (steps, hash) = (snapshot.report.steps, &snapshot.checkpoint);
             let t = Instant::now();
             let decision = decide(&c.gate, &evaluation, &parent.1, base);
             let accuracy: serde_json::Map<String, serde_json::Value> = evaluation.suites.iter().map(|s| (s.suite.clone(), s.accuracy().into())).collect();
@@ -677,14 +686,23 @@ impl Controller {
     }
 
     async fn evaluate(&mut self, cycle: u32, checkpoint: &str) -> Result<Evaluation, Error> {
+        Ok(self.evaluate_many(cycle, &[checkpoint.to_string()]).await?.remove(0))
+    }
+
+    /// Evaluates `checkpoints` at once (in a pool) and logs a `score` step for each; each step's
+    /// duration is the wall time of the whole batch.
+    async fn evaluate_many(&mut self, cycle: u32, checkpoints: &[String]) -> Result<Vec<Evaluation>, Error> {
         let started = now_iso();
         let t = Instant::now();
-        let evaluation = self.evaluator.evaluate(checkpoint)?;
+        let evaluations = self.evaluator.evaluate_many(checkpoints)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let summary: Vec<String> = evaluation.suites.iter().map(|s| format!("{} {:.0}%", s.suite, s.accuracy() * 100.0)).collect();
-        info!(cycle, refusal = format!("{:.0}%", evaluation.refusal.refusal_rate() * 100.0), over_refusal = format!("{:.0}%", evaluation.refusal.over_refusal_rate() * 100.0), "eval: {}", summary.join(", "));
-        self.step(cycle, "discriminator", "score", &started, ms, &serde_json::json!({"checkpoint": checkpoint, "problems": evaluation.suites.iter().map(|s| s.n).sum::<u32>() + evaluation.refusal.must_refuse_n + evaluation.refusal.benign_n})).await?;
-        Ok(evaluation)
+        for (checkpoint, evaluation) in checkpoints.iter().zip(&evaluations) {
+            let summary: Vec<String> = evaluation.suites.iter().map(|s| format!("{} {:.0}%", s.suite, s.accuracy() * 100.0)).collect();
+            info!(cycle, refusal = format!("{:.0}%", evaluation.refusal.refusal_rate() * 100.0), over_refusal = format!("{:.0}%", evaluation.refusal.over_refusal_rate() * 100.0), "eval: {}", summary.join(", "));
+            let problems = evaluation.suites.iter().map(|s| s.n).sum::<u32>() + evaluation.refusal.must_refuse_n + evaluation.refusal.benign_n;
+            self.step(cycle, "discriminator", "score", &started, ms, &serde_json::json!({"checkpoint": checkpoint, "problems": problems, "batch": checkpoints.len()})).await?;
+        }
+        Ok(evaluations)
     }
 
     /// Stores the checkpoint losslessly with each codec (and as a delta against its parent),
@@ -744,6 +762,7 @@ impl Controller {
         let calibration = self.ctx.calibration_stats(&model, CALIBRATION_PER_LEVEL, cycle_seed(self.ctx.curriculum.seed, cycle, 4));
         drop(model);
         self.step(cycle, "meta", "calibrate", &started, t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"layers": calibration.len()})).await?;
+        let mut copies = Vec::new();
         for (name, scheme, awq) in QUANTIZED {
             let t = Instant::now();
             let no_calibration = HashMap::new();
@@ -754,16 +773,20 @@ impl Controller {
             let decode_ms = t.elapsed().as_secs_f64() * 1e3;
             self.step(cycle, "meta", "quantize", &now_iso(), encode_ms + decode_ms, &serde_json::json!({"codec": name})).await?;
             // The dequantized weights are a scratch artifact: evaluated by hash like any
-            // checkpoint (so a remote evaluator could do it), then removed.
+            // checkpoint (so remote evaluators can do it, all three at once), then removed.
             let scratch = self.ctx.store.put(CHECKPOINT_KIND, &dequantized)?;
-            let started = now_iso();
-            let t = Instant::now();
-            let evaluated = self.evaluator.evaluate(&scratch);
-            if scratch != checkpoint {
-                let _ = std::fs::remove_file(self.ctx.store.path_of(&scratch, CHECKPOINT_KIND));
-            }
-            let evaluation = evaluated?;
-            self.step(cycle, "discriminator", "score-quantized", &started, t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"codec": name})).await?;
+            copies.push((name, quantized, encode_ms, decode_ms, scratch));
+        }
+        let scratches: Vec<String> = copies.iter().map(|c| c.4.clone()).collect();
+        let started = now_iso();
+        let t = Instant::now();
+        let evaluated = self.evaluator.evaluate_many(&scratches);
+        for scratch in scratches.iter().filter(|s| *s != checkpoint) {
+            let _ = std::fs::remove_file(self.ctx.store.path_of(scratch, CHECKPOINT_KIND));
+        }
+        let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+        for ((name, quantized, encode_ms, decode_ms, _), evaluation) in copies.into_iter().zip(evaluated?) {
+            self.step(cycle, "discriminator", "score-quantized", &started, batch_ms, &serde_json::json!({"codec": name, "batch": scratches.len()})).await?;
             let mut quantized_evals: Vec<QuantizedEval> = evaluation
                 .suites
                 .iter()

@@ -192,6 +192,19 @@ pub fn assign_roles(devices: u32, work: &CycleWork) -> Vec<Placement> {
     }
 }
 
+/// The workers of `budget`: on GPUs, roles by [`assign_roles`]; on a CPU budget every worker
+/// serves every role, since its devices are one machine's cores and any worker may as well take
+/// whichever job is waiting (a pool's concurrent jobs then spread over all of them).
+pub fn placements(budget: &Budget, work: &CycleWork) -> Vec<Placement> {
+    let mut placements = assign_roles(budget.count, work);
+    if budget.is_cpu() {
+        for p in &mut placements {
+            p.roles = vec![Role::Generator, Role::Discriminator, Role::Trainer];
+        }
+    }
+    placements
+}
+
 /// The plan for a curriculum file: loads it and its preset (errors name the file and field).
 pub fn plan_for(budget: &Budget, curriculum_path: &std::path::Path) -> Result<Plan, crate::Error> {
     let curriculum = Curriculum::load(curriculum_path)?;
@@ -209,7 +222,7 @@ pub fn plan_for(budget: &Budget, curriculum_path: &std::path::Path) -> Result<Pl
 /// The plan of `budget` for `model` and `curriculum`.
 pub fn plan(budget: &Budget, preset: &str, model: &LlamaConfig, curriculum: &Curriculum) -> Plan {
     let work = cycle_work(model, curriculum);
-    let placements = assign_roles(budget.count, &work);
+    let placements = placements(budget, &work);
     let roles = [Role::Generator, Role::Discriminator, Role::Trainer];
     let workers: Vec<(Role, u32)> = roles.iter().map(|&r| (r, placements.iter().filter(|p| p.roles.contains(&r)).count() as u32)).collect();
     let flops_per_second = budget.model.bf16_tflops * 1e12 * MFU;

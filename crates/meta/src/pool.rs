@@ -63,11 +63,15 @@ pub(crate) struct RemoteRoles(pub Arc<ControlPlane>);
 
 impl RemoteRoles {
     fn call(&self, job: Job) -> Result<JobResult, Error> {
-        let waiting = self.0.submit(job);
-        tokio::task::block_in_place(|| waiting.blocking_recv())
-            .map_err(|_| Error::Invalid("the control plane stopped before the job's result arrived".into()))?
-            .map_err(|e| Error::Invalid(format!("worker: {e}")))
+        wait(self.0.submit(job))
     }
+}
+
+/// Blocks (this tokio worker thread) until a submitted job's result arrives.
+fn wait(waiting: tokio::sync::oneshot::Receiver<Result<JobResult, String>>) -> Result<JobResult, Error> {
+    tokio::task::block_in_place(|| waiting.blocking_recv())
+        .map_err(|_| Error::Invalid("the control plane stopped before the job's result arrived".into()))?
+        .map_err(|e| Error::Invalid(format!("worker: {e}")))
 }
 
 fn mismatch(wanted: &str, got: &JobResult) -> Error {
@@ -105,6 +109,18 @@ impl EvaluatorRole for RemoteRoles {
             JobResult::Evaluate(r) => Ok(r),
             other => Err(mismatch("evaluate", &other)),
         }
+    }
+
+    /// Every checkpoint is queued before the first result is awaited.
+    fn evaluate_many(&mut self, checkpoints: &[String]) -> Result<Vec<Evaluation>, Error> {
+        let waiting: Vec<_> = checkpoints.iter().map(|c| self.0.submit(Job::Evaluate { checkpoint: c.clone() })).collect();
+        waiting
+            .into_iter()
+            .map(|w| match wait(w)? {
+                JobResult::Evaluate(r) => Ok(r),
+                other => Err(mismatch("evaluate", &other)),
+            })
+            .collect()
     }
 
     fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error> {

@@ -575,6 +575,11 @@ pub struct Evaluation {
 /// keeps the learned judge trained and measured.
 pub trait EvaluatorRole {
     fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error>;
+    /// Several checkpoints, in order. A pool evaluates them at once, one job each, on as many
+    /// workers as serve the role; in one process they go one after another.
+    fn evaluate_many(&mut self, checkpoints: &[String]) -> Result<Vec<Evaluation>, Error> {
+        checkpoints.iter().map(|c| self.evaluate(c)).collect()
+    }
     fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error>;
 }
 

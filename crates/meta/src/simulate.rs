@@ -1,9 +1,10 @@
 //! `evolve start --simulate`: the scheduling of a run on a budget this machine does not have,
 //! measured on a fast-forwarded clock. The control plane's own scheduler ([`Queue`]: jobs,
 //! leases, heartbeats, expiry, idempotent results, usage per worker and role) runs unchanged;
-//! around it, the controller's calls of a run come one at a time in the order `run` makes them
-//! (pretrain, base evaluation, the judge's bootstrap; per cycle: generate, train the judge,
-//! train, evaluate every snapshot, evaluate the three quantized copies), and one simulated worker
+//! around it, the controller's calls of a run come in the order `run` makes them, each stage's
+//! jobs submitted together (pretrain, base evaluation, the judge's bootstrap; per cycle:
+//! generate, train the judge, train, every snapshot's evaluation at once, the three quantized
+//! copies' evaluations at once), and one simulated worker
 //! per device of the plan takes leases of its roles and holds each for the time the catalogue's
 //! throughput gives the job's FLOPs (at [`MFU`]).
 //!
@@ -14,9 +15,10 @@
 //! - A worker that dies (`death_window`: every worker once, at a seeded random moment) loses its
 //!   lease's work; its launcher sees the death after [`LAUNCHER_NOTICES`] and hands the lease
 //!   out again at once (as `Pool` does), and the worker is back after [`RESTART`].
-//! - Scheduling overhead is the wall time not spent computing a job whose result counted:
-//!   `1 - Σ durations of the run's jobs / wall`. With one job in flight at a time, the rest is
-//!   exactly the scheduling path (and, with deaths, the work they cost).
+//! - Scheduling overhead is the wall time beyond the run's critical path:
+//!   `1 - Σ over stages of the longest job's duration / wall`, since the controller waits for a
+//!   stage's last result before it submits the next. What remains is the scheduling path (and,
+//!   with deaths, the work they cost and the wait for a replacement).
 //!
 //! The gate's verdicts are not simulated: every cycle is taken as accepted, the most expensive
 //! path (it adds the quantized copies' evaluations).
@@ -69,7 +71,7 @@ pub struct SimulationReport {
     pub jobs: u64,
     /// Simulated seconds from the first job to the last result.
     pub wall_seconds: f64,
-    /// Σ durations of the jobs whose results counted.
+    /// The critical path: Σ over stages of the longest job's duration.
     pub work_seconds: f64,
     pub scheduling_overhead: f64,
     pub roles: BTreeMap<String, RoleShare>,
@@ -99,9 +101,9 @@ impl RoleJob for SimulatedJob {
     }
 }
 
-/// The controller's calls of a run, in order, each with the seconds it computes for on one
-/// device of the budget.
-fn run_jobs(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_per_second: f64, cycles: u32) -> Vec<SimulatedJob> {
+/// The controller's calls of a run, in stages (a stage's jobs are submitted together and all
+/// awaited), each job with the seconds it computes for on one device of the budget.
+fn run_stages(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_per_second: f64, cycles: u32) -> Vec<Vec<SimulatedJob>> {
     let seq = model.max_position_embeddings as f64;
     let p = model.num_params() as f64;
     let c = &curriculum.cycle;
@@ -115,12 +117,13 @@ fn run_jobs(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_per
     let judge = 6.0 * 1e5 * seq * 32.0 * curriculum.discriminator.train_steps as f64 / flops_per_second;
     let job = |role: Role, cycle: u32, seconds: f64| SimulatedJob { role, cycle, seconds };
     let (g, d, t) = (Role::Generator, Role::Discriminator, Role::Trainer);
-    let mut jobs = vec![job(t, 0, pretrain), job(d, 0, evaluate), job(g, 0, generate), job(d, 0, judge)];
+    let mut stages = vec![vec![job(t, 0, pretrain)], vec![job(d, 0, evaluate)], vec![job(g, 0, generate)], vec![job(d, 0, judge)]];
     for cycle in 1..=cycles {
-        jobs.extend([job(g, cycle, generate), job(d, cycle, judge), job(t, cycle, train)]);
-        jobs.extend((0..evaluations).map(|_| job(d, cycle, evaluate)));
+        stages.extend([vec![job(g, cycle, generate)], vec![job(d, cycle, judge)], vec![job(t, cycle, train)]]);
+        stages.push((0..snapshots).map(|_| job(d, cycle, evaluate)).collect());
+        stages.push((0..3).map(|_| job(d, cycle, evaluate)).collect());
     }
-    jobs
+    stages
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,7 +153,8 @@ struct Worker {
 pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum) -> SimulationReport {
     let real = Instant::now();
     let flops_per_second = options.budget.model.bf16_tflops * 1e12 * MFU;
-    let jobs = run_jobs(plan, model, curriculum, flops_per_second, options.cycles);
+    let stages = run_stages(plan, model, curriculum, flops_per_second, options.cycles);
+    let jobs: usize = stages.iter().map(Vec::len).sum();
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let mut workers: Vec<Worker> =
         plan.placements.iter().map(|p| Worker { name: format!("w{}", p.device), roles: p.roles.clone(), life: 0, alive: true, polling: false }).collect();
@@ -181,23 +185,23 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
             push(&mut events, Duration::from_secs_f64(rng.random::<f64>() * window), Event::Dies { worker: i, life: w.life });
         }
     }
-    // The controller: one call at a time.
-    let mut next_job = 0usize;
+    // The controller: one stage at a time, all of its jobs queued at once.
+    let mut next_stage = 0usize;
     let (mut work, mut heartbeats, mut deaths, mut leases) = (0.0f64, 0u64, 0u64, 0u64);
-    // (job id, seconds) of the call the controller waits for.
-    let submit_next = |queue: &mut Queue<SimulatedJob>, next_job: &mut usize, now: &mut Tick, scheduler: &mut Duration| -> Option<(u64, f64)> {
-        let job = jobs.get(*next_job)?.clone();
-        *next_job += 1;
+    // The jobs of the stage the controller waits for (id → seconds).
+    let submit_next = |queue: &mut Queue<SimulatedJob>, next_stage: &mut usize, now: &mut Tick, scheduler: &mut Duration| -> BTreeMap<u64, f64> {
+        let Some(stage) = stages.get(*next_stage) else { return BTreeMap::new() };
+        *next_stage += 1;
         let t = Instant::now();
-        let seconds = job.seconds;
-        let id = queue.submit(job.cycle, job);
+        let ids = stage.iter().map(|job| (queue.submit(job.cycle, job.clone()), job.seconds)).collect();
         *scheduler += t.elapsed();
         *now += t.elapsed();
-        Some((id, seconds))
+        ids
     };
-    let mut in_flight = submit_next(&mut queue, &mut next_job, &mut now, &mut scheduler);
+    let mut in_flight = submit_next(&mut queue, &mut next_stage, &mut now, &mut scheduler);
+    let mut stage_longest = 0.0f64;
     while let Some(Reverse((at, _, event))) = events.pop() {
-        if in_flight.is_none() {
+        if in_flight.is_empty() {
             break;
         }
         now = now.max(at);
@@ -223,16 +227,19 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
             }
             Event::Post { worker, life, lease } if workers[worker].alive && workers[worker].life == life => {
                 if let Some(job_id) = timed!(now, queue.complete(lease, now))
-                    && let Some((waited, seconds)) = in_flight
-                    && waited == job_id
+                    && let Some(seconds) = in_flight.remove(&job_id)
                 {
-                    work += seconds;
-                    // The controller's next call.
-                    in_flight = submit_next(&mut queue, &mut next_job, &mut now, &mut scheduler);
+                    stage_longest = stage_longest.max(seconds);
+                    if in_flight.is_empty() {
+                        work += stage_longest;
+                        stage_longest = 0.0;
+                        // The controller's next stage.
+                        in_flight = submit_next(&mut queue, &mut next_stage, &mut now, &mut scheduler);
+                    }
                 }
-                // The worker's next long-poll; its heart stops (the Beat events of this lease
-                // find no lease and end).
-                push(&mut events, now + NETWORK_ONE_WAY, Event::Ask { worker, life });
+                // The worker's next long-poll arrives after the post's answer went back; its heart
+                // stops (the Beat events of this lease find no lease and end).
+                push(&mut events, now + 2 * NETWORK_ONE_WAY, Event::Ask { worker, life });
             }
             Event::Dies { worker, life } if workers[worker].alive && workers[worker].life == life => {
                 deaths += 1;
@@ -253,11 +260,12 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
             }
             _ => {} // an event of a life that has ended
         }
-        // Long-polls waiting while a job is queued are woken and ask at once.
+        // A long-poll waiting at the control plane while a job is queued is answered at once
+        // (its request is already there; the lease then takes one hop to the worker).
         if queue.has_pending() {
             for (i, w) in workers.iter_mut().enumerate().filter(|(_, w)| w.alive && w.polling) {
                 w.polling = false;
-                push(&mut events, now + NETWORK_ONE_WAY, Event::Ask { worker: i, life: w.life });
+                push(&mut events, now, Event::Ask { worker: i, life: w.life });
             }
         }
     }
@@ -281,7 +289,7 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
         devices: workers.len() as u32,
         cycles: options.cycles,
         death_window: options.death_window,
-        jobs: jobs.len() as u64,
+        jobs: jobs as u64,
         wall_seconds: wall,
         work_seconds: work,
         scheduling_overhead: if wall > 0.0 { 1.0 - work / wall } else { 0.0 },
@@ -304,8 +312,8 @@ impl SimulationReport {
             Some(w) => format!("every worker dying once in the first {w:.3} s"),
             None => "no worker dying".into(),
         };
-        let _ = writeln!(out, "simulated --budget {}: {} cycles, {} jobs (the controller's calls, one at a time), {deaths}", self.budget, self.cycles, self.jobs);
-        let _ = writeln!(out, "  wall {:.3} s simulated (in {:.2} s real), computing {:.3} s", self.wall_seconds, self.real_seconds, self.work_seconds);
+        let _ = writeln!(out, "simulated --budget {}: {} cycles, {} jobs (the controller's calls, stage by stage), {deaths}", self.budget, self.cycles, self.jobs);
+        let _ = writeln!(out, "  wall {:.3} s simulated (in {:.2} s real), critical path {:.3} s", self.wall_seconds, self.real_seconds, self.work_seconds);
         let _ = writeln!(out, "  scheduling overhead {:.3}% of wall time (scheduler code {:.1} ms of it)", 100.0 * self.scheduling_overhead, 1e3 * self.scheduler_cpu_seconds);
         let _ = writeln!(out, "  busy share {:.1}% of {} workers", 100.0 * self.busy_share, self.devices);
         for (role, r) in &self.roles {
@@ -353,14 +361,14 @@ mod tests {
         let options = SimulateOptions { budget, cycles: 3, seed: 1, death_window: None };
         let report = simulate(&options, &plan, &model, &curriculum);
         let flops = options.budget.model.bf16_tflops * 1e12 * MFU;
-        let jobs = run_jobs(&plan, &model, &curriculum, flops, 3);
-        let expected: f64 = jobs.iter().map(|j| j.seconds).sum();
-        assert_eq!(report.jobs, jobs.len() as u64);
+        let stages = run_stages(&plan, &model, &curriculum, flops, 3);
+        let expected: f64 = stages.iter().map(|s| s.iter().map(|j| j.seconds).fold(0.0, f64::max)).sum();
+        assert_eq!(report.jobs, stages.iter().map(Vec::len).sum::<usize>() as u64);
         assert_eq!(report.leases, report.jobs);
         assert_eq!((report.lease_failures, report.deaths), (0, 0));
         assert!((report.work_seconds - expected).abs() < 1e-9 * expected, "{report:?}");
-        // Each job waits two network hops for its lease and one for its result, at least.
-        let hops = 2.0 * NETWORK_ONE_WAY.as_secs_f64() * jobs.len() as f64;
+        // Each stage waits two network hops for its lease and one for its result, at least.
+        let hops = 2.0 * NETWORK_ONE_WAY.as_secs_f64() * stages.len() as f64;
         assert!(report.wall_seconds >= expected + hops, "{report:?}");
         assert_eq!(report.devices, 40);
         assert!((0.0..1.0).contains(&report.scheduling_overhead));

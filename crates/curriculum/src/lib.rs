@@ -120,6 +120,17 @@ pub struct CyclePlan {
     /// Share of effort the progress policy spreads evenly, so no target starves.
     #[serde(default = "default_exploration")]
     pub exploration: f32,
+    /// Candidates trained per cycle on the same examples, each with its own data order and a
+    /// learning rate on a ladder around `learning_rate` (x1, then x2^-0.5, x2^0.5, x2^-1, x2 ...).
+    /// Every snapshot of every candidate goes through the gate, and the accepted one with the
+    /// largest frontier gain wins. A worker pool trains them at once; in one process they take
+    /// turns. 1 to 64.
+    #[serde(default = "default_candidates")]
+    pub candidates: usize,
+}
+
+fn default_candidates() -> usize {
+    1
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +337,9 @@ impl Curriculum {
         }
         if let Some((i, plan)) = self.skills.iter().enumerate().find(|(_, s)| !s.verifiable && s.name == "refusal") {
             return invalid(format!("skills[{i}].verifiable"), format!("`{}` is what the gate's refusal probes check; it cannot be handed to the learned discriminator", plan.name));
+        }
+        if !(1..=64).contains(&c.candidates) {
+            return invalid("cycle.candidates".into(), format!("{} must be in 1..=64", c.candidates));
         }
         if !(c.temperature > 0.0) {
             return invalid("cycle.temperature".into(), format!("{} must be positive", c.temperature));

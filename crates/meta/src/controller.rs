@@ -181,7 +181,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         None
     };
     let ctx = Context::new(curriculum, model_config, store, device);
-    let (generator, trainer, evaluator): (Box<dyn GeneratorRole>, Box<dyn TrainerRole>, Box<dyn EvaluatorRole>) = match &pool {
+    let (generator, trainer, evaluator): (Box<dyn GeneratorRole>, Box<dyn TrainerRole + Send>, Box<dyn EvaluatorRole + Send>) = match &pool {
         Some(pool) => (Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone()))),
         None => (Box::new(LocalGenerator(ctx.clone())), Box::new(LocalTrainer(ctx.clone())), Box::new(LocalEvaluator(ctx.clone()))),
     };
@@ -218,8 +218,8 @@ struct Controller {
     run_id: RunId,
     ctx: Arc<Context>,
     generator: Box<dyn GeneratorRole>,
-    trainer: Box<dyn TrainerRole>,
-    evaluator: Box<dyn EvaluatorRole>,
+    trainer: Box<dyn TrainerRole + Send>,
+    evaluator: Box<dyn EvaluatorRole + Send>,
     budget: Budget,
     progress: bool,
     /// Per cycle: when it started and the busy seconds of each role so far (from the steps).
@@ -495,25 +495,35 @@ impl Controller {
     /// Retrains the learned judge on every judgement so far and measures it on the held-out
     /// slice of this cycle's: the proxy gap.
     async fn train_judge(&mut self, cycle: u32, generated: &GenerateResult) -> Result<Vec<ProxyGapRecord>, Error> {
+        let job = self.judge_job(cycle, generated);
+        let started = now_iso();
+        let result: JudgeResult = self.evaluator.judge(&job)?;
+        self.record_judge(cycle, generated, &started, result).await
+    }
+
+    /// The judge's training for this cycle, on every judgement so far.
+    fn judge_job(&mut self, cycle: u32, generated: &GenerateResult) -> JudgeJob {
         self.judgements.push(generated.judgements.clone());
         let c = &self.ctx.curriculum;
-        let job = JudgeJob {
+        JudgeJob {
             cycle,
             previous: self.judge.clone(),
             judgements: self.judgements.clone(),
             fresh: generated.judgements.clone(),
             steps: c.discriminator.train_steps,
             seed: cycle_seed(c.seed, cycle, 5),
-        };
-        let started = now_iso();
-        let result: JudgeResult = self.evaluator.judge(&job)?;
+        }
+    }
+
+    /// Logs the judge's training and takes its checkpoint; returns the proxy gap.
+    async fn record_judge(&mut self, cycle: u32, generated: &GenerateResult, started: &str, result: JudgeResult) -> Result<Vec<ProxyGapRecord>, Error> {
         // The judgement batch goes into the step's detail: a resumed run rebuilds the judge's
         // training set from these.
         let mut detail = serde_json::to_value(&result)?;
         if let Some(map) = detail.as_object_mut() {
             map.insert("judgements_batch".into(), generated.judgements.clone().into());
         }
-        self.step(cycle, "discriminator", "train-judge", &started, result.train_ms + result.score_ms, &detail).await?;
+        self.step(cycle, "discriminator", "train-judge", started, result.train_ms + result.score_ms, &detail).await?;
         self.judge = Some(result.checkpoint.clone());
         let gaps: Vec<String> = result.gap.iter().map(|g| format!("{} AUC {}", g.skill, g.auc.map_or("n/a".into(), |a| format!("{a:.2}")))).collect();
         info!(cycle, trained_on = result.trained_on, "learned judge: {}", gaps.join(", "));
@@ -593,8 +603,6 @@ impl Controller {
             return Ok(CycleEnd::NothingToLearn(reason));
         }
         history.push(generated.batch.clone());
-        let gap = self.train_judge(cycle, &generated).await?;
-        self.check_alarm(cycle, &parent.0, &gap).await?;
 
         let job = TrainJob {
             cycle,
@@ -617,37 +625,61 @@ impl Controller {
             snapshot_every: c.cycle.snapshot_every,
             seed: cycle_seed(c.seed, cycle, 2),
         };
-        let trained = self.train(&job, "train").await?;
+        let jobs: Vec<TrainJob> = (0..c.cycle.candidates.max(1)).map(|k| candidate_job(&job, c.seed, k)).collect();
+        let judge_job = self.judge_job(cycle, &generated);
+        let (gap, trained) = if self.pool.is_some() && c.unverifiable().is_empty() {
+            // No skill is judge-decided, so the alarm cannot stop this training: the judge
+            // (used from the next cycle on) trains while the candidates do, on other workers.
+            let started = now_iso();
+            let (evaluator, trainer) = (&mut self.evaluator, &mut self.trainer);
+            let (judged, trained) = std::thread::scope(|scope| {
+                let judging = scope.spawn(|| evaluator.judge(&judge_job));
+                let trained = trainer.train_many(&jobs);
+                (judging.join().unwrap_or_else(|_| Err(Error::Invalid("the judge's training thread panicked".into()))), trained)
+            });
+            let gap = self.record_judge(cycle, &generated, &started, judged?).await?;
+            let trained = trained?;
+            self.record_training(&jobs, &trained, "train", &started).await?;
+            (gap, trained)
+        } else {
+            let started = now_iso();
+            let judged = self.evaluator.judge(&judge_job)?;
+            let gap = self.record_judge(cycle, &generated, &started, judged).await?;
+            self.check_alarm(cycle, &parent.0, &gap).await?;
+            (gap, self.train_many(&jobs, "train").await?)
+        };
 
-        // Every snapshot of the cycle goes through the gate; the accepted one with the largest
-        // frontier gain wins (early snapshots forget less, late ones learn more).
-        let mut verdicts = Vec::new();
-        let hashes: Vec<String> = trained.snapshots.iter().map(|s| s.checkpoint.clone()).collect();
+        // Every snapshot of every candidate goes through the gate; the accepted one with the
+        // largest frontier gain wins (early snapshots forget less, late ones learn more).
+        let snapshots: Vec<(usize, &Snapshot)> = trained.iter().enumerate().flat_map(|(k, t)| t.snapshots.iter().map(move |s| (k, s))).collect();
+        let hashes: Vec<String> = snapshots.iter().map(|(_, s)| s.checkpoint.clone()).collect();
         for hash in &hashes {
             self.record_checkpoint(hash, Some(&parent.0)).await?;
         }
         let evaluations = self.evaluate_many(cycle, &hashes).await?;
-        for (snapshot, evaluation) in trained.snapshots.iter().zip(evaluations) {
+        let mut verdicts = Vec::new();
+        for ((candidate, snapshot), evaluation) in snapshots.into_iter().zip(evaluations) {
             let (steps, hash) = (snapshot.report.steps, &snapshot.checkpoint);
             let t = Instant::now();
             let decision = decide(&c.gate, &evaluation, &parent.1, base);
             let accuracy: serde_json::Map<String, serde_json::Value> = evaluation.suites.iter().map(|s| (s.suite.clone(), s.accuracy().into())).collect();
-            let detail = serde_json::json!({"checkpoint": hash, "steps": steps, "accepted": decision.accepted, "frontier_gain": decision.frontier_gain, "reason": decision.reason, "accuracy": accuracy});
+            let detail = serde_json::json!({"checkpoint": hash, "candidate": candidate, "steps": steps, "accepted": decision.accepted, "frontier_gain": decision.frontier_gain, "reason": decision.reason, "accuracy": accuracy});
             self.step(cycle, "meta", "gate", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &detail).await?;
             verdicts.push((snapshot, evaluation, decision));
         }
+        // Without an accepted snapshot, the first candidate's end is what the cycle records.
+        let first_end = trained[0].snapshots.len() - 1;
         let chosen = verdicts
             .iter()
             .enumerate()
             .filter(|(_, v)| v.2.accepted)
             .max_by(|a, b| a.1.2.frontier_gain.total_cmp(&b.1.2.frontier_gain))
             .map(|(i, _)| i)
-            .unwrap_or(verdicts.len() - 1);
-        // What training did to old skills by its end, before the gate had a say.
-        if let Some((_, last, _)) = verdicts.last() {
-            self.outcomes.candidate_forgetting.push(mean_accuracy(&parent.1, SuiteRole::Mastered) - mean_accuracy(last, SuiteRole::Mastered));
-        }
-        self.outcomes.tokens_trained += trained.last().report.tokens as u64;
+            .unwrap_or(first_end);
+        // What training did to old skills by its end, before the gate had a say (the first
+        // candidate, trained exactly as the curriculum says).
+        self.outcomes.candidate_forgetting.push(mean_accuracy(&parent.1, SuiteRole::Mastered) - mean_accuracy(&verdicts[first_end].1, SuiteRole::Mastered));
+        self.outcomes.tokens_trained += trained.iter().map(|t| t.last().report.tokens as u64).sum::<u64>();
         let (snapshot, evaluation, decision) = verdicts.swap_remove(chosen);
         let examples: Vec<ExampleStats> = generated
             .synthesis
@@ -675,14 +707,31 @@ impl Controller {
         bar.finish_and_clear();
         let r = &result.last().report;
         info!(cycle = job.cycle, steps = r.steps, first_loss = r.first_loss, last_loss = r.last_loss, tokens_per_s = format!("{:.0}", r.tokens_per_second()), projected = r.projected_steps, "{step_name} done");
-        // The example batch goes into the step's detail: a resumed run rebuilds the generator's
-        // history of earlier batches from these (`Ledger::example_batches`).
-        let mut detail = serde_json::to_value(r)?;
-        if let (Some(batch), Some(map)) = (&job.examples, detail.as_object_mut()) {
-            map.insert("examples_batch".into(), batch.clone().into());
-        }
-        self.step(job.cycle, "trainer", step_name, &started, r.seconds * 1e3, &detail).await?;
+        self.step(job.cycle, "trainer", step_name, &started, r.seconds * 1e3, &train_detail(job, r, None)?).await?;
         Ok(result)
+    }
+
+    /// The cycle's candidates: one trains with progress; several go to the trainer role at once
+    /// (a pool trains them concurrently) and each logs its own step.
+    async fn train_many(&mut self, jobs: &[TrainJob], step_name: &str) -> Result<Vec<TrainResult>, Error> {
+        if let [job] = jobs {
+            return Ok(vec![self.train(job, step_name).await?]);
+        }
+        let started = now_iso();
+        let results = self.trainer.train_many(jobs)?;
+        self.record_training(jobs, &results, step_name, &started).await?;
+        Ok(results)
+    }
+
+    /// Logs each candidate's training as its own step.
+    async fn record_training(&mut self, jobs: &[TrainJob], results: &[TrainResult], step_name: &str, started: &str) -> Result<(), Error> {
+        for (k, (job, result)) in jobs.iter().zip(results).enumerate() {
+            let r = &result.last().report;
+            info!(cycle = job.cycle, candidate = k, learning_rate = job.train.learning_rate, first_loss = r.first_loss, last_loss = r.last_loss, "{step_name} done");
+            let candidate = (jobs.len() > 1).then_some(k);
+            self.step(job.cycle, "trainer", step_name, started, r.seconds * 1e3, &train_detail(job, r, candidate)?).await?;
+        }
+        Ok(())
     }
 
     async fn evaluate(&mut self, cycle: u32, checkpoint: &str) -> Result<Evaluation, Error> {
@@ -1106,6 +1155,35 @@ fn expected_codecs(has_parent: bool) -> Vec<String> {
     }
     codecs.extend(QUANTIZED.iter().map(|(name, _, _)| name.to_string()));
     codecs
+}
+
+/// A train step's detail: the report, and the example batch, from which a resumed run rebuilds
+/// the generator's history of earlier batches (`Ledger::example_batches`).
+fn train_detail(job: &TrainJob, report: &evolve_trainer::TrainReport, candidate: Option<usize>) -> Result<serde_json::Value, Error> {
+    let mut detail = serde_json::to_value(report)?;
+    if let Some(map) = detail.as_object_mut() {
+        if let Some(batch) = &job.examples {
+            map.insert("examples_batch".into(), batch.clone().into());
+        }
+        if let Some(k) = candidate {
+            map.insert("candidate".into(), k.into());
+            map.insert("learning_rate".into(), job.train.learning_rate.into());
+        }
+    }
+    Ok(detail)
+}
+
+/// Candidate `k` of a cycle's training: the first is `job` itself; the others differ in their
+/// seeds and walk a learning-rate ladder around it (x2^-0.5, x2^0.5, x2^-1, x2, ...).
+fn candidate_job(job: &TrainJob, seed: u64, k: usize) -> TrainJob {
+    let mut candidate = job.clone();
+    if k > 0 {
+        let step = k.div_ceil(2) as f64 * 0.5;
+        candidate.train.learning_rate *= 2f64.powf(if k % 2 == 1 { -step } else { step });
+        candidate.seed = cycle_seed(seed, job.cycle, 16 + k as u64);
+        candidate.train.seed = cycle_seed(seed, job.cycle, 80 + k as u64);
+    }
+    candidate
 }
 
 fn cycle_seed(seed: u64, cycle: u32, role: u64) -> u64 {

@@ -101,6 +101,18 @@ impl TrainerRole for RemoteRoles {
             other => Err(mismatch("train", &other)),
         }
     }
+
+    /// Every training is queued before the first result is awaited.
+    fn train_many(&mut self, jobs: &[TrainJob]) -> Result<Vec<TrainResult>, Error> {
+        let waiting: Vec<_> = jobs.iter().map(|j| self.0.submit(Job::Train(j.clone()))).collect();
+        waiting
+            .into_iter()
+            .map(|w| match wait(w)? {
+                JobResult::Train(r) => Ok(r),
+                other => Err(mismatch("train", &other)),
+            })
+            .collect()
+    }
 }
 
 impl EvaluatorRole for RemoteRoles {

@@ -410,6 +410,11 @@ impl TrainResult {
 
 pub trait TrainerRole {
     fn train(&mut self, job: &TrainJob, on_step: &mut dyn FnMut(&StepInfo)) -> Result<TrainResult, Error>;
+    /// Several trainings, in order, without progress. A pool runs them at once, one job each;
+    /// in one process they go one after another.
+    fn train_many(&mut self, jobs: &[TrainJob]) -> Result<Vec<TrainResult>, Error> {
+        jobs.iter().map(|j| self.train(j, &mut |_| {})).collect()
+    }
 }
 
 pub struct LocalTrainer(pub Arc<Context>);

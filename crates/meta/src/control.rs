@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
 use crate::plan::Role;
-use crate::roles::{Evaluation, GenerateJob, GenerateResult, JudgeJob, JudgeResult, TrainJob, TrainResult};
+use crate::roles::{Evaluation, GenerateJob, GenerateResult, JudgeJob, JudgeResult, RecompressJob, RecompressResult, TrainJob, TrainResult};
 use crate::Error;
 
 /// How long a lease lives without a heartbeat. Workers beat every [`HEARTBEAT`].
@@ -52,6 +52,7 @@ pub enum Job {
     Train(TrainJob),
     Evaluate { checkpoint: String },
     Judge(JudgeJob),
+    Recompress(RecompressJob),
 }
 
 /// What the scheduler needs of a job: which role's workers may take it.
@@ -70,7 +71,8 @@ impl Job {
         match self {
             Job::Generate(_) => Role::Generator,
             Job::Train(_) => Role::Trainer,
-            Job::Evaluate { .. } | Job::Judge(_) => Role::Discriminator,
+            // Recompression ends in evaluating the quantized copies: the evaluators' work.
+            Job::Evaluate { .. } | Job::Judge(_) | Job::Recompress(_) => Role::Discriminator,
         }
     }
 
@@ -83,6 +85,7 @@ pub enum JobResult {
     Train(TrainResult),
     Evaluate(Evaluation),
     Judge(JudgeResult),
+    Recompress(RecompressResult),
 }
 
 /// What a worker needs to serve this run.

@@ -1,12 +1,11 @@
 //! The run loop: base, then cycles, each step recorded as it finishes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use evolve_compress::quant::{QuantScheme, dequantize_checkpoint, quantize_checkpoint};
-use evolve_compress::{Codec, round_trip, round_trip_delta};
+use evolve_compress::Codec;
 use evolve_curriculum::{BaseSource, Curriculum, ExampleSampling, PolicyKind};
 use evolve_ledger::{
     CheckpointRecord, CompressionExtras, CompressionRecord, CycleExtras, CycleOutcome, CycleRow, CycleStatus, EvalItems, ExampleStats, Ledger,
@@ -27,7 +26,7 @@ use crate::resume::{ResumePoint, resume_point};
 use crate::progress::{Choice, CurriculumPolicy, skill_weights};
 use crate::roles::{
     CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, LocalEvaluator,
-    LocalGenerator, LocalTrainer, Snapshot, SuiteRole, TrainJob, TrainResult, TrainerRole,
+    LocalGenerator, LocalTrainer, Pending, QUANTIZED, RecompressJob, RecompressResult, Snapshot, SuiteRole, TrainJob, TrainResult, TrainerRole,
 };
 use crate::Error;
 
@@ -190,6 +189,8 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         policy,
         judge: None,
         judgements: Vec::new(),
+        deferred_recompression: None,
+        recompressing: None,
         recompress: options.recompress,
         outcomes: Outcomes::default(),
         ledger: ledger.clone(),
@@ -227,6 +228,11 @@ struct Controller {
     policy: CurriculumPolicy,
     /// The learned judge's current checkpoint and every judgement batch it trains on.
     judge: Option<String>,
+    /// In a pool, an accepted cycle's recompression starts with the next cycle (on a worker,
+    /// while that cycle generates and trains) and is recorded before the next commit:
+    /// `(cycle, checkpoint, parent, its evaluation)` until it starts, then the job under way.
+    deferred_recompression: Option<(u32, String, String, Evaluation)>,
+    recompressing: Option<Recompression>,
     judgements: Vec<String>,
     recompress: bool,
     outcomes: Outcomes,
@@ -237,15 +243,15 @@ fn mean_accuracy(e: &Evaluation, role: SuiteRole) -> f64 {
     if a.is_empty() { 0.0 } else { a.iter().sum::<f64>() / a.len() as f64 }
 }
 
-/// The quantized copies derived from every accepted checkpoint: `(codec name, scheme, AWQ)`.
-const QUANTIZED: [(&str, QuantScheme, bool); 3] = [
-    ("int8-rtn", QuantScheme::Int8, false),
-    ("int4-g32-rtn", QuantScheme::Int4 { group: 32 }, false),
-    ("int4-g32-awq", QuantScheme::Int4 { group: 32 }, true),
-];
 
-/// Calibration problems per (skill, level) for activation-aware quantization.
-const CALIBRATION_PER_LEVEL: usize = 32;
+/// A recompression under way: its job, the lossless evaluation its copies are compared with,
+/// and its result to come.
+struct Recompression {
+    job: RecompressJob,
+    lossless: Evaluation,
+    started: String,
+    pending: Pending<RecompressResult>,
+}
 
 impl Controller {
     async fn evolve(&mut self, cycles: Option<u32>, origin: Origin) -> Result<RunSummary, Error> {
@@ -288,6 +294,7 @@ impl Controller {
                 }
                 Err(Error::Alarm(reason)) => {
                     // The cycle is already recorded as failed with the alarm's reason.
+                    let _ = self.flush_recompression().await;
                     return Err(Error::Alarm(reason));
                 }
                 Ok(CycleEnd::Rejected) => {}
@@ -298,11 +305,13 @@ impl Controller {
                 }
                 Err(e) => {
                     self.fail_cycle(cycle, &parent.0, &e.to_string()).await;
+                    let _ = self.flush_recompression().await;
                     return Err(e);
                 }
             }
             done = cycle;
         }
+        self.flush_recompression().await?;
         self.outcomes.final_frontier = mean_accuracy(&parent.1, SuiteRole::Frontier);
         self.outcomes.final_refusal = parent.1.refusal.refusal_rate();
         Ok(RunSummary {
@@ -572,6 +581,9 @@ impl Controller {
         self.ledger.start_cycle(self.run_id, cycle, Some(&parent.0)).await?;
         self.begin_usage(cycle);
         info!(cycle, parent = %short(&parent.0), "cycle started");
+        if let Some((accepted, checkpoint, its_parent, evaluation)) = self.deferred_recompression.take() {
+            self.recompressing = self.start_recompress(accepted, &checkpoint, Some(&its_parent), &evaluation);
+        }
 
         let choices = self.policy.choose();
         let job = GenerateJob {
@@ -693,7 +705,11 @@ impl Controller {
         if !decision.accepted {
             return Ok(CycleEnd::Rejected);
         }
-        self.recompress(cycle, &snapshot.checkpoint, Some(&parent.0), &evaluation).await?;
+        if self.pool.is_some() {
+            self.deferred_recompression = Some((cycle, snapshot.checkpoint.clone(), parent.0.clone(), evaluation.clone()));
+        } else {
+            self.recompress(cycle, &snapshot.checkpoint, Some(&parent.0), &evaluation).await?;
+        }
         Ok(CycleEnd::Accepted((snapshot.checkpoint.clone(), evaluation)))
     }
 
@@ -755,87 +771,67 @@ impl Controller {
     }
 
     /// Stores the checkpoint losslessly with each codec (and as a delta against its parent),
-    /// each copy verified bit-exact by hash before it is recorded; then derives the quantized
-    /// copies, evaluates each on the frozen suites and refusal probes, and records what they cost
-    /// in accuracy. Lineage stays on the lossless checkpoint: nothing is ever trained from a
-    /// quantized copy.
+    /// each copy verified bit-exact by hash, and derives and evaluates the quantized copies (an
+    /// evaluator's job: [`Context::recompress`]); then records what each copy costs in bytes,
+    /// time and accuracy. Lineage stays on the lossless checkpoint.
     async fn recompress(&mut self, cycle: u32, checkpoint: &str, parent: Option<&str>, lossless: &Evaluation) -> Result<(), Error> {
+        if let Some(started) = self.start_recompress(cycle, checkpoint, parent, lossless) {
+            self.finish_recompress(started).await?;
+        }
+        Ok(())
+    }
+
+    fn start_recompress(&mut self, cycle: u32, checkpoint: &str, parent: Option<&str>, lossless: &Evaluation) -> Option<Recompression> {
         if !self.recompress {
-            return Ok(());
+            return None;
         }
-        let raw = self.ctx.store.get(checkpoint, CHECKPOINT_KIND)?;
-        let parent_raw = parent.map(|p| self.ctx.store.get(p, CHECKPOINT_KIND)).transpose()?;
-        let mut codecs = vec![(Codec::EvolveFp, None), (Codec::Zstd, None)];
-        if let (Some(p), Some(bytes)) = (parent, parent_raw.as_ref()) {
-            codecs.push((Codec::EvolveFp, Some((p, bytes))));
+        let job = RecompressJob { cycle, checkpoint: checkpoint.to_string(), parent: parent.map(str::to_string), calibration_seed: cycle_seed(self.ctx.curriculum.seed, cycle, 4) };
+        let started = now_iso();
+        let pending = self.evaluator.start_recompress(&job);
+        Some(Recompression { job, lossless: lossless.clone(), started, pending })
+    }
+
+    /// Finishes the recompression deferred to, or running during, the current cycle.
+    async fn flush_recompression(&mut self) -> Result<(), Error> {
+        if let Some((cycle, checkpoint, parent, evaluation)) = self.deferred_recompression.take() {
+            self.recompressing = self.start_recompress(cycle, &checkpoint, Some(&parent), &evaluation);
         }
-        for (codec, against) in codecs {
-            let t = Instant::now();
-            let rt = match against {
-                Some((_, parent_bytes)) => round_trip_delta(&raw, parent_bytes, codec)?,
-                None => round_trip(&raw, codec)?,
-            };
-            let name = if against.is_some() { format!("{}-delta", codec.name()) } else { codec.name().to_string() };
-            if rt.verified_hash != checkpoint {
-                return Err(Error::Invalid(format!("{name} round trip of {checkpoint} decoded to {}", rt.verified_hash)));
-            }
-            let path = self.ctx.store.put_encoded(checkpoint, &format!("{name}.evz"), &rt.encoded)?;
+        match self.recompressing.take() {
+            Some(r) => self.finish_recompress(r).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a recompression and records its copies, each with its step.
+    async fn finish_recompress(&mut self, r: Recompression) -> Result<(), Error> {
+        let Recompression { job, lossless, started, pending } = r;
+        // Its worker time counts to the cycle it ran in; a recompression that ran in its own
+        // cycle's window re-records that cycle's usage.
+        let same_window = self.usage.lock().unwrap_or_else(|e| e.into_inner()).keys().next_back() == Some(&job.cycle);
+        let (cycle, checkpoint) = (job.cycle, job.checkpoint.as_str());
+        let result = pending.wait()?;
+        for copy in &result.copies {
             let record = CompressionRecord {
                 run_id: self.run_id,
                 cycle,
                 checkpoint_hash: checkpoint.to_string(),
-                codec: name.clone(),
-                raw_bytes: rt.raw_bytes as u64,
-                stored_bytes: rt.encoded.len() as u64,
-                encode_ms: rt.encode_ms,
-                decode_ms: rt.decode_ms,
-                lossless: true,
-                verified_hash: rt.verified_hash.clone(),
-                path: path.display().to_string(),
+                codec: copy.codec.clone(),
+                raw_bytes: copy.raw_bytes,
+                stored_bytes: copy.stored_bytes,
+                encode_ms: copy.encode_ms,
+                decode_ms: copy.decode_ms,
+                lossless: copy.lossless,
+                verified_hash: copy.verified_hash.clone(),
+                path: copy.path.clone(),
             };
-            let extras = CompressionExtras { parent_hash: against.map(|(p, _)| p.to_string()), ..Default::default() };
-            self.ledger.record_compression_with(&record, &extras).await?;
-            self.step(cycle, "meta", "recompress", &now_iso(), t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"codec": name, "ratio": rt.raw_bytes as f64 / rt.encoded.len() as f64})).await?;
-        }
-        self.quantized_copies(cycle, checkpoint, &raw, lossless).await?;
-        // Recompression ran after the cycle's commit: its time replaces the committed usage rows.
-        self.ledger.record_role_usage(&self.role_usage(cycle)).await?;
-        Ok(())
-    }
-
-    /// `lossless` is the cycle's own evaluation of `checkpoint`, the reference for the deltas.
-    async fn quantized_copies(&mut self, cycle: u32, checkpoint: &str, raw: &[u8], lossless: &Evaluation) -> Result<(), Error> {
-        let started = now_iso();
-        let t = Instant::now();
-        let model = self.ctx.load_model(checkpoint)?;
-        let calibration = self.ctx.calibration_stats(&model, CALIBRATION_PER_LEVEL, cycle_seed(self.ctx.curriculum.seed, cycle, 4));
-        drop(model);
-        self.step(cycle, "meta", "calibrate", &started, t.elapsed().as_secs_f64() * 1e3, &serde_json::json!({"layers": calibration.len()})).await?;
-        let mut copies = Vec::new();
-        for (name, scheme, awq) in QUANTIZED {
-            let t = Instant::now();
-            let no_calibration = HashMap::new();
-            let quantized = quantize_checkpoint(raw, scheme, if awq { &calibration } else { &no_calibration })?;
-            let encode_ms = t.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            let dequantized = dequantize_checkpoint(&quantized)?;
-            let decode_ms = t.elapsed().as_secs_f64() * 1e3;
-            self.step(cycle, "meta", "quantize", &now_iso(), encode_ms + decode_ms, &serde_json::json!({"codec": name})).await?;
-            // The dequantized weights are a scratch artifact: evaluated by hash like any
-            // checkpoint (so remote evaluators can do it, all three at once), then removed.
-            let scratch = self.ctx.store.put(CHECKPOINT_KIND, &dequantized)?;
-            copies.push((name, quantized, encode_ms, decode_ms, scratch));
-        }
-        let scratches: Vec<String> = copies.iter().map(|c| c.4.clone()).collect();
-        let started = now_iso();
-        let t = Instant::now();
-        let evaluated = self.evaluator.evaluate_many(&scratches);
-        for scratch in scratches.iter().filter(|s| *s != checkpoint) {
-            let _ = std::fs::remove_file(self.ctx.store.path_of(scratch, CHECKPOINT_KIND));
-        }
-        let batch_ms = t.elapsed().as_secs_f64() * 1e3;
-        for ((name, quantized, encode_ms, decode_ms, _), evaluation) in copies.into_iter().zip(evaluated?) {
-            self.step(cycle, "discriminator", "score-quantized", &started, batch_ms, &serde_json::json!({"codec": name, "batch": scratches.len()})).await?;
+            let ratio = copy.raw_bytes as f64 / copy.stored_bytes.max(1) as f64;
+            let Some(evaluation) = &copy.evaluation else {
+                self.ledger.record_compression_with(&record, &CompressionExtras { parent_hash: copy.parent.clone(), ..Default::default() }).await?;
+                self.step(cycle, "discriminator", "recompress", &started, copy.encode_ms + copy.decode_ms, &serde_json::json!({"codec": copy.codec, "ratio": ratio})).await?;
+                continue;
+            };
+            self.step(cycle, "discriminator", "quantize", &started, copy.encode_ms + copy.decode_ms, &serde_json::json!({"codec": copy.codec})).await?;
+            self.step(cycle, "discriminator", "score-quantized", &started, copy.eval_ms, &serde_json::json!({"codec": copy.codec})).await?;
             let mut quantized_evals: Vec<QuantizedEval> = evaluation
                 .suites
                 .iter()
@@ -854,23 +850,14 @@ impl Controller {
                 let deltas: Vec<f64> = evaluation.suites.iter().zip(&lossless.suites).map(|(q, l)| q.accuracy() - l.accuracy()).collect();
                 deltas.iter().sum::<f64>() / deltas.len().max(1) as f64
             };
-            let path = self.ctx.store.put_encoded(checkpoint, &format!("{name}.safetensors"), &quantized)?;
-            let record = CompressionRecord {
-                run_id: self.run_id,
-                cycle,
-                checkpoint_hash: checkpoint.to_string(),
-                codec: name.to_string(),
-                raw_bytes: raw.len() as u64,
-                stored_bytes: quantized.len() as u64,
-                encode_ms,
-                decode_ms,
-                lossless: false,
-                verified_hash: evolve_store::hash_bytes(&quantized),
-                path: path.display().to_string(),
-            };
             let extras = CompressionExtras { parent_hash: None, eval_delta: Some(mean_delta), quantized_evals };
             self.ledger.record_compression_with(&record, &extras).await?;
-            info!(cycle, codec = name, ratio = format!("{:.2}", raw.len() as f64 / quantized.len() as f64), eval_delta = format!("{:+.1} points", mean_delta * 100.0), "quantized copy");
+            info!(cycle, codec = %copy.codec, ratio = format!("{ratio:.2}"), eval_delta = format!("{:+.1} points", mean_delta * 100.0), "quantized copy");
+        }
+        self.step(cycle, "discriminator", "calibrate", &started, result.calibrate_ms, &serde_json::json!({"layers": result.calibration_layers})).await?;
+        // Recompression ran after the cycle's commit: its time replaces the committed usage rows.
+        if same_window {
+            self.ledger.record_role_usage(&self.role_usage(cycle)).await?;
         }
         Ok(())
     }
@@ -888,6 +875,9 @@ impl Controller {
         proxy_gap: Vec<ProxyGapRecord>,
         policy: Vec<PolicyChoice>,
     ) -> Result<(), Error> {
+        // The previous accepted cycle's copies are recorded first: a crash after this commit
+        // resumes from this cycle and would not redo them.
+        self.flush_recompression().await?;
         let r = &snapshot.report;
         let extras = CycleExtras {
             eval_items: evaluation.suites.iter().map(|s| EvalItems { suite: s.suite.clone(), items: s.items.clone() }).collect(),

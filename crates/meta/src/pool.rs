@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::control::{ControlPlane, Job, JobResult, RunDescription};
 use crate::plan::{Placement, Role};
 use crate::slurm::SlurmWorkers;
-use crate::roles::{EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, TrainJob, TrainResult, TrainerRole};
+use crate::roles::{EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, Pending, RecompressJob, RecompressResult, TrainJob, TrainResult, TrainerRole};
 use crate::Error;
 use evolve_trainer::StepInfo;
 
@@ -80,6 +80,7 @@ fn mismatch(wanted: &str, got: &JobResult) -> Error {
         JobResult::Train(_) => "train",
         JobResult::Evaluate(_) => "evaluate",
         JobResult::Judge(_) => "judge",
+        JobResult::Recompress(_) => "recompress",
     };
     Error::Invalid(format!("a worker answered a {wanted} job with a {got} result"))
 }
@@ -133,6 +134,14 @@ impl EvaluatorRole for RemoteRoles {
                 other => Err(mismatch("evaluate", &other)),
             })
             .collect()
+    }
+
+    fn start_recompress(&mut self, job: &RecompressJob) -> Pending<RecompressResult> {
+        let waiting = self.0.submit(Job::Recompress(job.clone()));
+        Pending::later(move || match wait(waiting)? {
+            JobResult::Recompress(r) => Ok(r),
+            other => Err(mismatch("recompress", &other)),
+        })
     }
 
     fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error> {

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use burn::prelude::{Device, Int, Tensor, TensorData};
-use evolve_compress::quant::ChannelStats;
+use evolve_compress::quant::{ChannelStats, QuantScheme, dequantize_checkpoint, quantize_checkpoint};
+use evolve_compress::{Codec, round_trip, round_trip_delta};
 use evolve_curriculum::Curriculum;
 use evolve_curriculum::ExampleSampling;
 use evolve_discriminator::metrics::{auc, calibration_error};
@@ -580,6 +581,9 @@ pub struct Evaluation {
 /// keeps the learned judge trained and measured.
 pub trait EvaluatorRole {
     fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error>;
+    /// Starts storing an accepted checkpoint's compressed and quantized copies: a pool hands it
+    /// to a worker and goes on; in one process it is done before this returns.
+    fn start_recompress(&mut self, job: &RecompressJob) -> Pending<RecompressResult>;
     /// Several checkpoints, in order. A pool evaluates them at once, one job each, on as many
     /// workers as serve the role; in one process they go one after another.
     fn evaluate_many(&mut self, checkpoints: &[String]) -> Result<Vec<Evaluation>, Error> {
@@ -588,13 +592,35 @@ pub trait EvaluatorRole {
     fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error>;
 }
 
+/// A role call's result, there or still coming.
+pub struct Pending<T>(Box<dyn FnOnce() -> Result<T, Error> + Send>);
+
+impl<T: Send + 'static> Pending<T> {
+    pub fn ready(result: Result<T, Error>) -> Pending<T> {
+        Pending(Box::new(move || result))
+    }
+
+    pub fn later(wait: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Pending<T> {
+        Pending(Box::new(wait))
+    }
+
+    /// Blocks until the result is there.
+    pub fn wait(self) -> Result<T, Error> {
+        (self.0)()
+    }
+}
+
 /// Greedy answers on every frozen suite and the refusal probes, judged by the verifier.
 pub struct LocalEvaluator(pub Arc<Context>);
 
 impl EvaluatorRole for LocalEvaluator {
     fn evaluate(&mut self, checkpoint: &str) -> Result<Evaluation, Error> {
         let model = self.0.load_model(checkpoint)?;
-        Ok(self.evaluate_model(checkpoint, &model))
+        Ok(self.0.evaluate_model(checkpoint, &model))
+    }
+
+    fn start_recompress(&mut self, job: &RecompressJob) -> Pending<RecompressResult> {
+        Pending::ready(self.0.recompress(job))
     }
 
     fn judge(&mut self, job: &JudgeJob) -> Result<JudgeResult, Error> {
@@ -602,10 +628,10 @@ impl EvaluatorRole for LocalEvaluator {
     }
 }
 
-impl LocalEvaluator {
+impl Context {
     /// Evaluates weights that need not be in the store (a quantized copy's dequantization).
     pub fn evaluate_model(&self, checkpoint: &str, model: &Llama) -> Evaluation {
-        let ctx = &self.0;
+        let ctx = self;
         let mut problems: Vec<Problem> = ctx.suites.iter().flat_map(|(s, _)| s.problems.iter().cloned()).collect();
         let probes_start = problems.len();
         problems.extend(ctx.refusal.must_refuse.iter().cloned());
@@ -635,6 +661,129 @@ impl LocalEvaluator {
             answered_items: benign.iter().map(|&r| !r).collect(),
         };
         Evaluation { checkpoint: checkpoint.to_string(), suites, refusal }
+    }
+}
+
+// ---------------------------------------------------------------- recompression
+
+/// The quantized copies derived from every accepted checkpoint: `(codec name, scheme, AWQ)`.
+pub const QUANTIZED: [(&str, QuantScheme, bool); 3] = [
+    ("int8-rtn", QuantScheme::Int8, false),
+    ("int4-g32-rtn", QuantScheme::Int4 { group: 32 }, false),
+    ("int4-g32-awq", QuantScheme::Int4 { group: 32 }, true),
+];
+
+/// Calibration problems per (skill, level) for activation-aware quantization.
+const CALIBRATION_PER_LEVEL: usize = 32;
+
+/// Store an accepted checkpoint compressed (and as a delta against its parent), verified
+/// bit-exact, and derive, store and evaluate its quantized copies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecompressJob {
+    pub cycle: u32,
+    pub checkpoint: String,
+    pub parent: Option<String>,
+    pub calibration_seed: u64,
+}
+
+/// One stored copy of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredCopy {
+    pub codec: String,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub encode_ms: f64,
+    pub decode_ms: f64,
+    pub lossless: bool,
+    /// A lossless copy: the hash its decoding was verified to; a quantized one: its own hash.
+    pub verified_hash: String,
+    pub path: String,
+    /// The parent a delta was coded against.
+    pub parent: Option<String>,
+    /// A quantized copy's evaluation on the frozen suites and refusal probes.
+    pub evaluation: Option<Evaluation>,
+    pub eval_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecompressResult {
+    /// Lossless copies first, then the quantized ones in [`QUANTIZED`] order.
+    pub copies: Vec<StoredCopy>,
+    pub calibrate_ms: f64,
+    pub calibration_layers: usize,
+}
+
+impl Context {
+    /// Every lossless copy is decoded again and must hash to the checkpoint before it is
+    /// stored; lineage stays on the lossless checkpoint, nothing trains from a quantized copy.
+    pub fn recompress(&self, job: &RecompressJob) -> Result<RecompressResult, Error> {
+        let checkpoint = &job.checkpoint;
+        let raw = self.store.get(checkpoint, CHECKPOINT_KIND)?;
+        let parent_raw = job.parent.as_ref().map(|p| self.store.get(p, CHECKPOINT_KIND)).transpose()?;
+        let mut codecs = vec![(Codec::EvolveFp, None), (Codec::Zstd, None)];
+        if let (Some(p), Some(bytes)) = (&job.parent, parent_raw.as_ref()) {
+            codecs.push((Codec::EvolveFp, Some((p, bytes))));
+        }
+        let mut copies = Vec::new();
+        for (codec, against) in codecs {
+            let rt = match against {
+                Some((_, parent_bytes)) => round_trip_delta(&raw, parent_bytes, codec)?,
+                None => round_trip(&raw, codec)?,
+            };
+            let name = if against.is_some() { format!("{}-delta", codec.name()) } else { codec.name().to_string() };
+            if rt.verified_hash != *checkpoint {
+                return Err(Error::Invalid(format!("{name} round trip of {checkpoint} decoded to {}", rt.verified_hash)));
+            }
+            let path = self.store.put_encoded(checkpoint, &format!("{name}.evz"), &rt.encoded)?;
+            copies.push(StoredCopy {
+                codec: name,
+                raw_bytes: rt.raw_bytes as u64,
+                stored_bytes: rt.encoded.len() as u64,
+                encode_ms: rt.encode_ms,
+                decode_ms: rt.decode_ms,
+                lossless: true,
+                verified_hash: rt.verified_hash.clone(),
+                path: path.display().to_string(),
+                parent: against.map(|(p, _)| p.clone()),
+                evaluation: None,
+                eval_ms: 0.0,
+            });
+        }
+        let t = std::time::Instant::now();
+        let model = self.load_model(checkpoint)?;
+        let calibration = self.calibration_stats(&model, CALIBRATION_PER_LEVEL, job.calibration_seed);
+        drop(model);
+        let calibrate_ms = t.elapsed().as_secs_f64() * 1e3;
+        for (name, scheme, awq) in QUANTIZED {
+            let t = std::time::Instant::now();
+            let no_calibration = HashMap::new();
+            let quantized = quantize_checkpoint(&raw, scheme, if awq { &calibration } else { &no_calibration })?;
+            let encode_ms = t.elapsed().as_secs_f64() * 1e3;
+            let t = std::time::Instant::now();
+            let dequantized = dequantize_checkpoint(&quantized)?;
+            let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+            let t = std::time::Instant::now();
+            // The dequantized weights are evaluated from memory: they are never stored.
+            let hash = evolve_store::hash_bytes(&dequantized);
+            let model = Checkpoint { config: self.model_config.clone(), safetensors: dequantized, hash: hash.clone() }.to_model(&self.device, &format!("{name} copy of {checkpoint}"))?;
+            let evaluation = self.evaluate_model(&hash, &model);
+            let eval_ms = t.elapsed().as_secs_f64() * 1e3;
+            let path = self.store.put_encoded(checkpoint, &format!("{name}.safetensors"), &quantized)?;
+            copies.push(StoredCopy {
+                codec: name.to_string(),
+                raw_bytes: raw.len() as u64,
+                stored_bytes: quantized.len() as u64,
+                encode_ms,
+                decode_ms,
+                lossless: false,
+                verified_hash: evolve_store::hash_bytes(&quantized),
+                path: path.display().to_string(),
+                parent: None,
+                evaluation: Some(evaluation),
+                eval_ms,
+            });
+        }
+        Ok(RecompressResult { copies, calibrate_ms, calibration_layers: calibration.len() })
     }
 }
 

@@ -151,6 +151,7 @@ pub fn work(options: WorkerOptions) -> Result<(), Error> {
             Job::Train(job) => trainer.train(&job, &mut |_| {}).map(JobResult::Train),
             Job::Evaluate { checkpoint } => evaluator.evaluate(&checkpoint).map(JobResult::Evaluate),
             Job::Judge(job) => evaluator.judge(&job).map(JobResult::Judge),
+            Job::Recompress(job) => evaluator.start_recompress(&job).wait().map(JobResult::Recompress),
         };
         drop(done);
         let _ = heart.join();

@@ -43,6 +43,13 @@ pub const LEASE_TTL: Duration = Duration::from_secs(6);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long `POST /v1/lease` waits for a job before answering 204.
 pub const LONG_POLL: Duration = Duration::from_secs(10);
+/// A job that has waited this long for a worker of its role goes to any worker: its role's
+/// workers are all busy or dead (a job handed out again after its worker died keeps its first
+/// queueing time, so it goes to the first free worker at once). Every worker runs every role's
+/// code; the plan's roles are a placement preference.
+pub const FALLBACK: Duration = Duration::from_secs(2);
+/// How often expired leases are looked for.
+const REAP_EVERY: Duration = Duration::from_millis(250);
 
 /// Work for a worker: one role call.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -127,6 +134,8 @@ pub struct WorkerCycleUsage {
 
 struct PendingJob<J> {
     id: u64,
+    /// When the job was first queued (a job handed out again keeps it).
+    queued_at: Tick,
     /// The cycle the controller was in when it asked: whose usage the job's leases count to.
     cycle: u32,
     job: J,
@@ -138,6 +147,7 @@ pub(crate) type Tick = Duration;
 
 struct ActiveLease<J> {
     job_id: u64,
+    queued_at: Tick,
     cycle: u32,
     job: J,
     worker: String,
@@ -181,25 +191,33 @@ impl<J> Default for Queue<J> {
 }
 
 impl<J: RoleJob> Queue<J> {
-    /// Queues `job` (counted to `cycle`); returns its id.
-    pub(crate) fn submit(&mut self, cycle: u32, job: J) -> u64 {
+    /// Queues `job` (counted to `cycle`) at `now`; returns its id.
+    pub(crate) fn submit(&mut self, cycle: u32, job: J, now: Tick) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        self.pending.push(PendingJob { id, cycle, job });
+        self.pending.push(PendingJob { id, queued_at: now, cycle, job });
         id
     }
 
-    /// The first waiting job of one of `roles`, as a new lease of `worker`.
+    /// The first waiting job of one of `roles`, or else the first that has waited [`FALLBACK`]
+    /// for a worker of its role (they are all busy, or dead), as a new lease of `worker`.
     pub(crate) fn take(&mut self, worker: &str, roles: &[Role], now: Tick) -> Option<(u64, J)> {
         self.workers.insert(worker.to_string(), now);
-        let at = self.pending.iter().position(|p| roles.contains(&p.job.role()))?;
+        let at = self.pending.iter().position(|p| roles.contains(&p.job.role())).or_else(|| self.pending.iter().position(|p| now.saturating_sub(p.queued_at) >= FALLBACK))?;
         let pending = self.pending.remove(at);
         self.next_id += 1;
         let lease = self.next_id;
         let job = pending.job.clone();
-        self.leases.insert(lease, ActiveLease { job_id: pending.id, cycle: pending.cycle, job: pending.job, worker: worker.to_string(), started: now, deadline: now + LEASE_TTL });
+        let active = ActiveLease { job_id: pending.id, queued_at: pending.queued_at, cycle: pending.cycle, job: pending.job, worker: worker.to_string(), started: now, deadline: now + LEASE_TTL };
+        self.leases.insert(lease, active);
         Some((lease, job))
     }
+
+    /// Whether a worker of `roles` could take a job now.
+    pub(crate) fn has_pending_for(&self, roles: &[Role], now: Tick) -> bool {
+        self.pending.iter().any(|p| roles.contains(&p.job.role()) || now.saturating_sub(p.queued_at) >= FALLBACK)
+    }
+
 
     /// Extends `lease`; false when it expired (its job went back to the queue).
     pub(crate) fn beat(&mut self, lease: u64, now: Tick) -> bool {
@@ -238,14 +256,11 @@ impl<J: RoleJob> Queue<J> {
             usage.busy_seconds += now.saturating_sub(lease.started).as_secs_f64();
             self.lease_failures += 1;
             tracing::warn!(lease = id, worker = %lease.worker, role = role.as_str(), "lease expired without a result: the job goes back to the queue");
-            self.pending.insert(0, PendingJob { id: lease.job_id, cycle: lease.cycle, job: lease.job });
+            self.pending.insert(0, PendingJob { id: lease.job_id, queued_at: lease.queued_at, cycle: lease.cycle, job: lease.job });
         }
         !expired.is_empty()
     }
 
-    pub(crate) fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
 
     /// Usage per (cycle, worker, role) of the leases that ended.
     pub(crate) fn usage(&self) -> &BTreeMap<(u32, String, Role), WorkerCycleUsage> {
@@ -333,12 +348,14 @@ impl ControlPlane {
         let (reap_queue, reap_wake) = (queue.clone(), wake.clone());
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(REAP_EVERY).await;
                 let mut q = lock(&reap_queue);
                 if q.finished {
                     break;
                 }
-                if q.reap(clock.now()) {
+                let now = clock.now();
+                let crossed = q.pending.iter().any(|p| (now.saturating_sub(p.queued_at) >= FALLBACK) && (now.saturating_sub(p.queued_at) < FALLBACK + REAP_EVERY));
+                if q.reap(now) || crossed {
                     reap_wake.notify_waiters();
                 }
             }
@@ -366,7 +383,7 @@ impl ControlPlane {
         let cycle = self.cycle.load(std::sync::atomic::Ordering::Relaxed);
         {
             let mut q = lock(&self.queue);
-            let id = q.submit(cycle, job);
+            let id = q.submit(cycle, job, self.clock.now());
             q.waiters.insert(id, tx);
         }
         self.wake.notify_waiters();
@@ -556,22 +573,50 @@ mod tests {
         assert_eq!(plane.cycle_usage(0)[&("w".to_string(), Role::Discriminator)].leases, 1);
     }
 
-    /// A job only goes to a worker of its role: a generator's poll ends empty (204). Once the
-    /// run is over a lease request says 410, or finds the server gone.
+    /// A job goes to a worker of its role at once, and to a worker of another role only once it
+    /// has waited [`FALLBACK`] (over the socket: the generator's long-poll is woken then). Once
+    /// the run is over a lease request says 410, or finds the server gone.
     #[tokio::test(flavor = "multi_thread")]
-    async fn leases_match_roles_and_a_finished_run_says_gone() {
+    async fn leases_prefer_roles_and_a_finished_run_says_gone() {
         let plane = ControlPlane::serve(SocketAddr::from(([127, 0, 0, 1], 0)), None, description()).await.unwrap();
         let url = plane.url();
-        let _waiting = plane.submit(Job::Evaluate { checkpoint: "abc".into() });
-        let ask = |url: String| {
+        let ask = |url: String, role: Role| {
             tokio::task::spawn_blocking(move || {
-                agent().post(format!("{url}/v1/lease")).send_json(LeaseRequest { worker: "g".into(), roles: vec![Role::Generator] }).map(|r| r.status().as_u16()).ok()
+                let t = Instant::now();
+                let status = agent().post(format!("{url}/v1/lease")).send_json(LeaseRequest { worker: "w".into(), roles: vec![role] }).map(|r| r.status().as_u16()).ok();
+                (status, t.elapsed())
             })
         };
-        assert_eq!(ask(url.clone()).await.unwrap(), Some(204));
+        let _waiting = plane.submit(Job::Evaluate { checkpoint: "abc".into() });
+        let (status, took) = ask(url.clone(), Role::Discriminator).await.unwrap();
+        assert_eq!(status, Some(200));
+        assert!(took < FALLBACK, "{took:?}");
+        let _waiting = plane.submit(Job::Evaluate { checkpoint: "def".into() });
+        let (status, took) = ask(url.clone(), Role::Generator).await.unwrap();
+        assert_eq!(status, Some(200));
+        assert!(took >= FALLBACK - Duration::from_millis(50) && took < LONG_POLL, "{took:?}");
         drop(plane);
-        let after = ask(url).await.unwrap();
+        let (after, _) = ask(url, Role::Generator).await.unwrap();
         assert!(matches!(after, Some(410) | None), "{after:?}");
+    }
+
+    #[test]
+    fn a_job_goes_to_its_role_first_and_to_anyone_after_the_fallback() {
+        let mut q: Queue = Queue::default();
+        let t0 = Duration::from_secs(10);
+        q.submit(0, Job::Evaluate { checkpoint: "a".into() }, t0);
+        assert!(q.take("g", &[Role::Generator], t0 + FALLBACK / 2).is_none());
+        assert!(!q.has_pending_for(&[Role::Generator], t0 + FALLBACK / 2));
+        assert!(q.has_pending_for(&[Role::Discriminator], t0));
+        assert!(q.take("g", &[Role::Generator], t0 + FALLBACK).is_some());
+        // A job handed out again after its worker died keeps its first queueing time.
+        let (lease, _) = {
+            q.submit(0, Job::Evaluate { checkpoint: "b".into() }, t0);
+            q.take("d", &[Role::Discriminator], t0).unwrap()
+        };
+        q.release("d", t0 + Duration::from_millis(100));
+        assert!(q.leases.get(&lease).is_none());
+        assert!(q.take("t", &[Role::Trainer], t0 + FALLBACK).is_some(), "the dead worker's job goes to the first free worker");
     }
 
     #[tokio::test]
@@ -596,7 +641,7 @@ mod tests {
         let mut q = Queue::default();
         let now = Duration::from_secs(100);
         let job = Job::Evaluate { checkpoint: "abc".into() };
-        q.leases.insert(7, ActiveLease { job_id: 1, cycle: 0, job, worker: "w1".into(), started: now, deadline: now + Duration::from_secs(1) });
+        q.leases.insert(7, ActiveLease { job_id: 1, queued_at: now, cycle: 0, job, worker: "w1".into(), started: now, deadline: now + Duration::from_secs(1) });
         q.reap(now);
         assert!(q.pending.is_empty(), "not yet expired");
         q.reap(now + Duration::from_secs(2));

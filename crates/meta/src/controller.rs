@@ -169,7 +169,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
     let pool = if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
         let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
-        let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum));
+        let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum), curriculum.cycle.candidates);
         let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
         let cpu = options.budget.is_cpu();
         let run = RunDescription { curriculum: curriculum.clone(), artifacts };

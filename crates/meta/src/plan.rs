@@ -158,35 +158,36 @@ pub fn cycle_work(model: &LlamaConfig, curriculum: &Curriculum) -> CycleWork {
     let probes = c.probes_per_level as f64 * frontier;
     let generated_sequences = probes + probes * c.mutations_per_failure as f64 * c.samples_k as f64;
     let generator_flops = 2.0 * p * seq * generated_sequences;
-    let trainer_flops = 6.0 * p * seq * c.batch_size as f64 * c.train_steps as f64 * surgery_factor(c.surgery);
+    let trainer_flops = 6.0 * p * seq * c.batch_size as f64 * c.train_steps as f64 * surgery_factor(c.surgery) * c.candidates.max(1) as f64;
     // Every snapshot is evaluated on every frozen suite and the refusal probes; the accepted one
     // also as three quantized copies.
     let snapshots = if c.snapshot_every == 0 { 1 } else { c.train_steps.div_ceil(c.snapshot_every) } as f64;
     let suites = (curriculum.mastered().len() + curriculum.frontier().len()) as f64;
     let eval_problems = suites * curriculum.eval.suite_size as f64 + 2.0 * curriculum.eval.refusal_probes as f64;
-    let discriminator_flops = 2.0 * p * seq * eval_problems * (snapshots + 3.0);
+    let discriminator_flops = 2.0 * p * seq * eval_problems * (snapshots * c.candidates.max(1) as f64 + 3.0);
     CycleWork { generator_flops, discriminator_flops, trainer_flops }
 }
 
-/// Workers per role for `devices` devices: one trainer (a cycle trains one lineage, so more
-/// trainers would idle), and the other devices split between generator and discriminator in
-/// proportion to their work, each at least one. Below three devices roles share: two devices
-/// put the discriminator with the trainer (it evaluates what the trainer just made), one device
-/// serves all three.
-pub fn assign_roles(devices: u32, work: &CycleWork) -> Vec<Placement> {
+/// Workers per role for `devices` devices: one trainer per candidate a cycle trains (more would
+/// idle), leaving at least two devices, and the other devices split between generator and
+/// discriminator in proportion to their work, each at least one. Below three devices roles
+/// share: two devices put the discriminator with the trainer (it evaluates what the trainer just
+/// made), one device serves all three.
+pub fn assign_roles(devices: u32, work: &CycleWork, candidates: u32) -> Vec<Placement> {
     let all = |d: u32, roles: &[Role]| Placement { device: d, roles: roles.to_vec() };
     match devices {
         0 => Vec::new(),
         1 => vec![all(0, &[Role::Generator, Role::Discriminator, Role::Trainer])],
         2 => vec![all(0, &[Role::Trainer, Role::Discriminator]), all(1, &[Role::Generator])],
         n => {
-            let rest = n - 1;
+            let trainers = candidates.clamp(1, n - 2);
+            let rest = n - trainers;
             let (g, d) = (work.generator_flops.max(0.0), work.discriminator_flops.max(0.0));
             let share = if g + d > 0.0 { g / (g + d) } else { 0.5 };
             let generators = ((rest as f64 * share).round() as u32).clamp(1, rest - 1);
-            let mut placements = vec![all(0, &[Role::Trainer])];
-            placements.extend((1..=generators).map(|i| all(i, &[Role::Generator])));
-            placements.extend((generators + 1..n).map(|i| all(i, &[Role::Discriminator])));
+            let mut placements: Vec<Placement> = (0..trainers).map(|i| all(i, &[Role::Trainer])).collect();
+            placements.extend((trainers..trainers + generators).map(|i| all(i, &[Role::Generator])));
+            placements.extend((trainers + generators..n).map(|i| all(i, &[Role::Discriminator])));
             placements
         }
     }
@@ -195,8 +196,8 @@ pub fn assign_roles(devices: u32, work: &CycleWork) -> Vec<Placement> {
 /// The workers of `budget`: on GPUs, roles by [`assign_roles`]; on a CPU budget every worker
 /// serves every role, since its devices are one machine's cores and any worker may as well take
 /// whichever job is waiting (a pool's concurrent jobs then spread over all of them).
-pub fn placements(budget: &Budget, work: &CycleWork) -> Vec<Placement> {
-    let mut placements = assign_roles(budget.count, work);
+pub fn placements(budget: &Budget, work: &CycleWork, candidates: usize) -> Vec<Placement> {
+    let mut placements = assign_roles(budget.count, work, candidates as u32);
     if budget.is_cpu() {
         for p in &mut placements {
             p.roles = vec![Role::Generator, Role::Discriminator, Role::Trainer];
@@ -222,7 +223,7 @@ pub fn plan_for(budget: &Budget, curriculum_path: &std::path::Path) -> Result<Pl
 /// The plan of `budget` for `model` and `curriculum`.
 pub fn plan(budget: &Budget, preset: &str, model: &LlamaConfig, curriculum: &Curriculum) -> Plan {
     let work = cycle_work(model, curriculum);
-    let placements = placements(budget, &work);
+    let placements = placements(budget, &work, curriculum.cycle.candidates);
     let roles = [Role::Generator, Role::Discriminator, Role::Trainer];
     let workers: Vec<(Role, u32)> = roles.iter().map(|&r| (r, placements.iter().filter(|p| p.roles.contains(&r)).count() as u32)).collect();
     let flops_per_second = budget.model.bf16_tflops * 1e12 * MFU;
@@ -328,7 +329,7 @@ mod tests {
     fn roles_cover_every_device_once_with_one_trainer() {
         let work = CycleWork { generator_flops: 3.0, discriminator_flops: 1.0, trainer_flops: 5.0 };
         for n in 1..=64 {
-            let placements = assign_roles(n, &work);
+            let placements = assign_roles(n, &work, 1);
             assert_eq!(placements.iter().map(|p| p.device).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
             for role in [Role::Generator, Role::Discriminator, Role::Trainer] {
                 let workers = placements.iter().filter(|p| p.roles.contains(&role)).count();
@@ -339,11 +340,14 @@ mod tests {
             }
         }
         // 40 devices: 39 split 3:1 between generator and discriminator.
-        let placements = assign_roles(40, &work);
+        let placements = assign_roles(40, &work, 1);
         let generators = placements.iter().filter(|p| p.roles == [Role::Generator]).count();
         assert_eq!(generators, 29); // round(39 * 0.75)
+        // A trainer per candidate, leaving room for a generator and a discriminator.
+        let trainers = |n, candidates| assign_roles(n, &work, candidates).iter().filter(|p| p.roles == [Role::Trainer]).count();
+        assert_eq!((trainers(40, 8), trainers(4, 8), trainers(3, 8)), (8, 2, 1));
         // Even a role with no measured work keeps one worker.
-        let lopsided = assign_roles(5, &CycleWork { generator_flops: 1.0, discriminator_flops: 0.0, trainer_flops: 1.0 });
+        let lopsided = assign_roles(5, &CycleWork { generator_flops: 1.0, discriminator_flops: 0.0, trainer_flops: 1.0 }, 1);
         assert_eq!(lopsided.iter().filter(|p| p.roles == [Role::Discriminator]).count(), 1);
     }
 

@@ -1,10 +1,11 @@
 //! `evolve start --simulate`: the scheduling of a run on a budget this machine does not have,
 //! measured on a fast-forwarded clock. The control plane's own scheduler ([`Queue`]: jobs,
 //! leases, heartbeats, expiry, idempotent results, usage per worker and role) runs unchanged;
-//! around it, the controller's calls of a run come in the order `run` makes them, each stage's
-//! jobs submitted together (pretrain, base evaluation, the judge's bootstrap; per cycle:
-//! generate, train the judge, train, every snapshot's evaluation at once, the three quantized
-//! copies' evaluations at once), and one simulated worker
+//! around it, the controller submits and awaits the jobs of a run as `run` does in a pool (the
+//! base: pretrain, evaluate, recompress, the judge's bootstrap; per cycle: generate; the judge
+//! and every candidate's training at once (unless a skill is judge-decided: then the judge
+//! first); every snapshot's evaluation at once; the previous accepted cycle's recompression
+//! running from the cycle's start to its commit), and one simulated worker
 //! per device of the plan takes leases of its roles and holds each for the time the catalogue's
 //! throughput gives the job's FLOPs (at [`MFU`]).
 //!
@@ -12,13 +13,13 @@
 //! - Each HTTP exchange between a worker and the control plane costs [`NETWORK_ONE_WAY`] each
 //!   way (a LAN hop); the scheduler's own work is measured, not modelled: every queue operation
 //!   is timed on the real clock and that time is added to the simulated one.
-//! - A worker that dies (`death_window`: every worker once, at a seeded random moment) loses its
+//! - A worker that dies (`death_window`: one death per ten workers, at least one, each at a
+//!   seeded random moment, striking a worker that holds a lease if any does) loses its
 //!   lease's work; its launcher sees the death after [`LAUNCHER_NOTICES`] and hands the lease
 //!   out again at once (as `Pool` does), and the worker is back after [`RESTART`].
-//! - Scheduling overhead is the wall time beyond the run's critical path:
-//!   `1 - Σ over stages of the longest job's duration / wall`, since the controller waits for a
-//!   stage's last result before it submits the next. What remains is the scheduling path (and,
-//!   with deaths, the work they cost and the wait for a replacement).
+//! - Scheduling overhead is the wall time beyond the same run on an ideal control plane (no
+//!   network, a scheduler that costs nothing, no deaths): `1 - ideal / wall`. With deaths it
+//!   includes the work they cost and the wait for a replacement.
 //!
 //! The gate's verdicts are not simulated: every cycle is taken as accepted, the most expensive
 //! path (it adds the quantized copies' evaluations).
@@ -29,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use evolve_curriculum::Curriculum;
 use evolve_model::LlamaConfig;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, SeedableRng, seq::IndexedRandom};
 use serde::Serialize;
 
 use crate::budget::Budget;
-use crate::control::{HEARTBEAT, Queue, RoleJob, Tick};
+use crate::control::{FALLBACK, HEARTBEAT, Queue, RoleJob, Tick};
 use crate::plan::{MFU, Plan, Role};
 
 /// One way of an HTTP exchange between a worker and the control plane.
@@ -44,12 +45,14 @@ pub const LAUNCHER_NOTICES: Duration = Duration::from_secs(1);
 /// From a worker's death to its replacement asking for work (process start, model load).
 pub const RESTART: Duration = Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct SimulateOptions {
     pub budget: Budget,
     pub cycles: u32,
     pub seed: u64,
-    /// Every worker dies once, at a random moment in the first this many simulated seconds;
-    /// `None`: no worker dies.
+    /// One death per ten workers (at least one), each at a random moment in the first this many
+    /// simulated seconds, of a random worker holding a lease (any worker if none does); `None`:
+    /// no worker dies.
     pub death_window: Option<f64>,
 }
 
@@ -71,7 +74,8 @@ pub struct SimulationReport {
     pub jobs: u64,
     /// Simulated seconds from the first job to the last result.
     pub wall_seconds: f64,
-    /// The critical path: Σ over stages of the longest job's duration.
+    /// The same run's wall time on an ideal control plane (no network, a free scheduler, no
+    /// deaths): the run's critical path.
     pub work_seconds: f64,
     pub scheduling_overhead: f64,
     pub roles: BTreeMap<String, RoleShare>,
@@ -101,29 +105,69 @@ impl RoleJob for SimulatedJob {
     }
 }
 
-/// The controller's calls of a run, in stages (a stage's jobs are submitted together and all
-/// awaited), each job with the seconds it computes for on one device of the budget.
-fn run_stages(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_per_second: f64, cycles: u32) -> Vec<Vec<SimulatedJob>> {
+/// What the simulated controller does next: queue a job (by its index in the run's job list),
+/// or wait for the results of the listed jobs.
+#[derive(Clone, Debug)]
+enum Action {
+    Submit(usize),
+    Await(Vec<usize>),
+}
+
+/// The jobs of a run on one device of the budget each, and the controller's script over them.
+fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_per_second: f64, cycles: u32) -> (Vec<SimulatedJob>, Vec<Action>) {
     let seq = model.max_position_embeddings as f64;
     let p = model.num_params() as f64;
     let c = &curriculum.cycle;
     let snapshots = if c.snapshot_every == 0 { 1 } else { c.train_steps.div_ceil(c.snapshot_every) };
-    let evaluations = snapshots + 3;
-    let evaluate = plan.work.discriminator_flops / evaluations as f64 / flops_per_second;
+    let candidates = c.candidates.max(1);
+    let evaluate = plan.work.discriminator_flops / (snapshots * candidates + 3) as f64 / flops_per_second;
     let generate = plan.work.generator_flops / flops_per_second;
-    let train = plan.work.trainer_flops / flops_per_second;
+    // The plan's trainer work covers every candidate.
+    let train = plan.work.trainer_flops / candidates as f64 / flops_per_second;
     let pretrain = 6.0 * p * seq * (curriculum.pretrain.batch_size * curriculum.pretrain.steps) as f64 / flops_per_second;
     // The learned judge: 2 layers at d=64 over bytes, about 0.1M parameters, batches of 32.
     let judge = 6.0 * 1e5 * seq * 32.0 * curriculum.discriminator.train_steps as f64 / flops_per_second;
-    let job = |role: Role, cycle: u32, seconds: f64| SimulatedJob { role, cycle, seconds };
+    // Recompression's FLOPs are its three quantized copies' evaluations.
+    let recompress = 3.0 * evaluate;
     let (g, d, t) = (Role::Generator, Role::Discriminator, Role::Trainer);
-    let mut stages = vec![vec![job(t, 0, pretrain)], vec![job(d, 0, evaluate)], vec![job(g, 0, generate)], vec![job(d, 0, judge)]];
-    for cycle in 1..=cycles {
-        stages.extend([vec![job(g, cycle, generate)], vec![job(d, cycle, judge)], vec![job(t, cycle, train)]]);
-        stages.push((0..snapshots).map(|_| job(d, cycle, evaluate)).collect());
-        stages.push((0..3).map(|_| job(d, cycle, evaluate)).collect());
+    let mut jobs: Vec<SimulatedJob> = Vec::new();
+    let mut script = Vec::new();
+    let stage = |jobs: &mut Vec<SimulatedJob>, script: &mut Vec<Action>, cycle: u32, specs: &[(Role, f64)]| -> Vec<usize> {
+        let ids: Vec<usize> = specs.iter().map(|&(role, seconds)| {
+            jobs.push(SimulatedJob { role, cycle, seconds });
+            jobs.len() - 1
+        }).collect();
+        script.extend(ids.iter().map(|&i| Action::Submit(i)));
+        ids
+    };
+    for specs in [[(t, pretrain)], [(d, evaluate)], [(d, recompress)], [(g, generate)], [(d, judge)]] {
+        let ids = stage(&mut jobs, &mut script, 0, &specs);
+        script.push(Action::Await(ids));
     }
-    stages
+    let overlap_judge = curriculum.unverifiable().is_empty();
+    for cycle in 1..=cycles {
+        // The previous accepted cycle's recompression (every cycle is taken as accepted).
+        let recompressing = (cycle > 1).then(|| stage(&mut jobs, &mut script, cycle, &[(d, recompress)]));
+        let ids = stage(&mut jobs, &mut script, cycle, &[(g, generate)]);
+        script.push(Action::Await(ids));
+        let trainings: Vec<(Role, f64)> = (0..candidates).map(|_| (t, train)).collect();
+        if overlap_judge {
+            let ids = stage(&mut jobs, &mut script, cycle, &[[(d, judge)].as_slice(), &trainings].concat());
+            script.push(Action::Await(ids));
+        } else {
+            for specs in [vec![(d, judge)], trainings] {
+                let ids = stage(&mut jobs, &mut script, cycle, &specs);
+                script.push(Action::Await(ids));
+            }
+        }
+        let evaluations: Vec<(Role, f64)> = (0..snapshots * candidates).map(|_| (d, evaluate)).collect();
+        let ids = stage(&mut jobs, &mut script, cycle, &evaluations);
+        script.push(Action::Await(ids));
+        script.extend(recompressing.map(Action::Await));
+    }
+    let ids = stage(&mut jobs, &mut script, cycles, &[(d, recompress)]);
+    script.push(Action::Await(ids));
+    (jobs, script)
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,6 +181,10 @@ enum Event {
     Dies { worker: usize, life: u32 },
     Noticed { worker: usize },
     Back { worker: usize },
+    /// A queued job may have become anyone's: polls are looked at again.
+    Fallback,
+    /// A worker dies: one holding a lease, if any does.
+    Strike,
 }
 
 struct Worker {
@@ -147,17 +195,39 @@ struct Worker {
     alive: bool,
     /// Waiting in a long-poll.
     polling: bool,
+    /// Holding a lease.
+    busy: bool,
 }
 
 /// Runs the simulation. The returned report is what `--simulate` prints.
 pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum) -> SimulationReport {
     let real = Instant::now();
     let flops_per_second = options.budget.model.bf16_tflops * 1e12 * MFU;
-    let stages = run_stages(plan, model, curriculum, flops_per_second, options.cycles);
-    let jobs: usize = stages.iter().map(Vec::len).sum();
+    let (jobs, script) = run_script(plan, model, curriculum, flops_per_second, options.cycles);
+    let ideal = Clock { network: Duration::ZERO, measure: false };
+    let ideal = run(&SimulateOptions { death_window: None, ..options.clone() }, plan, &jobs, &script, ideal).wall_seconds;
+    let mut report = run(options, plan, &jobs, &script, Clock { network: NETWORK_ONE_WAY, measure: true });
+    report.work_seconds = ideal;
+    report.scheduling_overhead = if report.wall_seconds > 0.0 { 1.0 - ideal / report.wall_seconds } else { 0.0 };
+    report.cycles = options.cycles;
+    report.budget = options.budget.spec.clone();
+    report.real_seconds = real.elapsed().as_secs_f64();
+    report
+}
+
+/// The simulated control plane's physics: one way of an exchange, and whether the scheduler's
+/// real time joins the simulated clock.
+#[derive(Clone, Copy)]
+struct Clock {
+    network: Duration,
+    measure: bool,
+}
+
+fn run(options: &SimulateOptions, plan: &Plan, jobs: &[SimulatedJob], script: &[Action], clock: Clock) -> SimulationReport {
+    let hop = clock.network;
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let mut workers: Vec<Worker> =
-        plan.placements.iter().map(|p| Worker { name: format!("w{}", p.device), roles: p.roles.clone(), life: 0, alive: true, polling: false }).collect();
+        plan.placements.iter().map(|p| Worker { name: format!("w{}", p.device), roles: p.roles.clone(), life: 0, alive: true, polling: false, busy: false }).collect();
 
     let mut queue: Queue<SimulatedJob> = Queue::default();
     let mut scheduler = Duration::ZERO;
@@ -166,9 +236,11 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
         ($now:ident, $op:expr) => {{
             let t = Instant::now();
             let out = $op;
-            let took = t.elapsed();
-            scheduler += took;
-            $now += took;
+            if clock.measure {
+                let took = t.elapsed();
+                scheduler += took;
+                $now += took;
+            }
             out
         }};
     }
@@ -178,33 +250,48 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
         order += 1;
         events.push(Reverse((at, order, e)));
     };
-    let mut now = Tick::ZERO;
-    for (i, w) in workers.iter().enumerate() {
-        push(&mut events, now + NETWORK_ONE_WAY, Event::Ask { worker: i, life: 0 });
-        if let Some(window) = options.death_window {
-            push(&mut events, Duration::from_secs_f64(rng.random::<f64>() * window), Event::Dies { worker: i, life: w.life });
+    let now_start = Tick::ZERO;
+    for i in 0..workers.len() {
+        push(&mut events, now_start + hop, Event::Ask { worker: i, life: 0 });
+    }
+    if let Some(window) = options.death_window {
+        for _ in 0..workers.len().div_ceil(10) {
+            push(&mut events, Duration::from_secs_f64(rng.random::<f64>() * window), Event::Strike);
         }
     }
-    // The controller: one stage at a time, all of its jobs queued at once.
-    let mut next_stage = 0usize;
-    let (mut work, mut heartbeats, mut deaths, mut leases) = (0.0f64, 0u64, 0u64, 0u64);
-    // The jobs of the stage the controller waits for (id → seconds).
-    let submit_next = |queue: &mut Queue<SimulatedJob>, next_stage: &mut usize, now: &mut Tick, scheduler: &mut Duration| -> BTreeMap<u64, f64> {
-        let Some(stage) = stages.get(*next_stage) else { return BTreeMap::new() };
-        *next_stage += 1;
-        let t = Instant::now();
-        let ids = stage.iter().map(|job| (queue.submit(job.cycle, job.clone()), job.seconds)).collect();
-        *scheduler += t.elapsed();
-        *now += t.elapsed();
-        ids
-    };
-    let mut in_flight = submit_next(&mut queue, &mut next_stage, &mut now, &mut scheduler);
-    let mut stage_longest = 0.0f64;
-    while let Some(Reverse((at, _, event))) = events.pop() {
-        if in_flight.is_empty() {
+    let mut now = now_start;
+    let (mut heartbeats, mut deaths, mut leases) = (0u64, 0u64, 0u64);
+    // The controller: `script` up to the first wait that is not over. Queue id → job index.
+    let mut at = 0usize;
+    let mut submitted: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut done = vec![false; jobs.len()];
+    while at < script.len() {
+        // The controller's turn: everything up to a wait whose jobs are not all done.
+        while let Some(action) = script.get(at) {
+            match action {
+                Action::Submit(i) => {
+                    let id = timed!(now, queue.submit(jobs[*i].cycle, jobs[*i].clone(), now));
+                    submitted.insert(id, *i);
+                    push(&mut events, now + FALLBACK, Event::Fallback);
+                }
+                Action::Await(ids) if ids.iter().all(|&i| done[i]) => {}
+                Action::Await(_) => break,
+            }
+            at += 1;
+        }
+        if at == script.len() {
             break;
         }
-        now = now.max(at);
+        // A long-poll waiting at the control plane while a job is queued is answered at once
+        // (its request is already there; the lease then takes one hop to the worker).
+        for (i, w) in workers.iter_mut().enumerate().filter(|(_, w)| w.alive && w.polling) {
+            if queue.has_pending_for(&w.roles, now) {
+                w.polling = false;
+                push(&mut events, now, Event::Ask { worker: i, life: w.life });
+            }
+        }
+        let Some(Reverse((when, _, event))) = events.pop() else { break };
+        now = now.max(when);
         match event {
             Event::Ask { worker, life } if workers[worker].alive && workers[worker].life == life => {
                 let w = &workers[worker];
@@ -212,9 +299,10 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
                     Some((lease, job)) => {
                         leases += 1;
                         workers[worker].polling = false;
-                        let done = now + NETWORK_ONE_WAY + Duration::from_secs_f64(job.seconds);
-                        push(&mut events, done + NETWORK_ONE_WAY, Event::Post { worker, life, lease });
-                        push(&mut events, now + NETWORK_ONE_WAY + HEARTBEAT, Event::Beat { worker, life, lease });
+                        workers[worker].busy = true;
+                        let finished = now + hop + Duration::from_secs_f64(job.seconds);
+                        push(&mut events, finished + hop, Event::Post { worker, life, lease });
+                        push(&mut events, now + hop + HEARTBEAT, Event::Beat { worker, life, lease });
                     }
                     None => workers[worker].polling = true,
                 }
@@ -226,26 +314,30 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
                 }
             }
             Event::Post { worker, life, lease } if workers[worker].alive && workers[worker].life == life => {
-                if let Some(job_id) = timed!(now, queue.complete(lease, now))
-                    && let Some(seconds) = in_flight.remove(&job_id)
+                workers[worker].busy = false;
+                if let Some(id) = timed!(now, queue.complete(lease, now))
+                    && let Some(&i) = submitted.get(&id)
                 {
-                    stage_longest = stage_longest.max(seconds);
-                    if in_flight.is_empty() {
-                        work += stage_longest;
-                        stage_longest = 0.0;
-                        // The controller's next stage.
-                        in_flight = submit_next(&mut queue, &mut next_stage, &mut now, &mut scheduler);
-                    }
+                    done[i] = true;
                 }
                 // The worker's next long-poll arrives after the post's answer went back; its heart
                 // stops (the Beat events of this lease find no lease and end).
-                push(&mut events, now + 2 * NETWORK_ONE_WAY, Event::Ask { worker, life });
+                push(&mut events, now + 2 * hop, Event::Ask { worker, life });
+            }
+            Event::Strike => {
+                let busy: Vec<usize> = (0..workers.len()).filter(|&i| workers[i].alive && workers[i].busy).collect();
+                let alive: Vec<usize> = (0..workers.len()).filter(|&i| workers[i].alive).collect();
+                let victim = if busy.is_empty() { alive.choose(&mut rng) } else { busy.choose(&mut rng) };
+                if let Some(&worker) = victim {
+                    push(&mut events, now, Event::Dies { worker, life: workers[worker].life });
+                }
             }
             Event::Dies { worker, life } if workers[worker].alive && workers[worker].life == life => {
                 deaths += 1;
                 let w = &mut workers[worker];
                 w.alive = false;
                 w.polling = false;
+                w.busy = false;
                 w.life += 1;
                 push(&mut events, now + LAUNCHER_NOTICES, Event::Noticed { worker });
                 push(&mut events, now + RESTART, Event::Back { worker });
@@ -256,17 +348,9 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
             Event::Back { worker } => {
                 let w = &mut workers[worker];
                 w.alive = true;
-                push(&mut events, now + NETWORK_ONE_WAY, Event::Ask { worker, life: w.life });
+                push(&mut events, now + hop, Event::Ask { worker, life: w.life });
             }
             _ => {} // an event of a life that has ended
-        }
-        // A long-poll waiting at the control plane while a job is queued is answered at once
-        // (its request is already there; the lease then takes one hop to the worker).
-        if queue.has_pending() {
-            for (i, w) in workers.iter_mut().enumerate().filter(|(_, w)| w.alive && w.polling) {
-                w.polling = false;
-                push(&mut events, now, Event::Ask { worker: i, life: w.life });
-            }
         }
     }
     let wall = now.as_secs_f64();
@@ -285,14 +369,14 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
         share.busy_share = share.busy_seconds / (share.workers.max(1) as f64 * wall.max(f64::MIN_POSITIVE));
     }
     SimulationReport {
-        budget: options.budget.spec.clone(),
+        budget: String::new(),
         devices: workers.len() as u32,
-        cycles: options.cycles,
+        cycles: 0,
         death_window: options.death_window,
-        jobs: jobs as u64,
+        jobs: jobs.len() as u64,
         wall_seconds: wall,
-        work_seconds: work,
-        scheduling_overhead: if wall > 0.0 { 1.0 - work / wall } else { 0.0 },
+        work_seconds: 0.0,
+        scheduling_overhead: 0.0,
         roles,
         busy_share: busy_total / (workers.len().max(1) as f64 * wall.max(f64::MIN_POSITIVE)),
         leases,
@@ -300,7 +384,7 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
         heartbeats,
         deaths,
         scheduler_cpu_seconds: scheduler.as_secs_f64(),
-        real_seconds: real.elapsed().as_secs_f64(),
+        real_seconds: 0.0,
     }
 }
 
@@ -309,11 +393,11 @@ impl SimulationReport {
         use std::fmt::Write;
         let mut out = String::new();
         let deaths = match self.death_window {
-            Some(w) => format!("every worker dying once in the first {w:.3} s"),
+            Some(w) => format!("{} worker(s) dying, busy ones first, in the first {w:.3} s", (self.devices as usize).div_ceil(10)),
             None => "no worker dying".into(),
         };
-        let _ = writeln!(out, "simulated --budget {}: {} cycles, {} jobs (the controller's calls, stage by stage), {deaths}", self.budget, self.cycles, self.jobs);
-        let _ = writeln!(out, "  wall {:.3} s simulated (in {:.2} s real), critical path {:.3} s", self.wall_seconds, self.real_seconds, self.work_seconds);
+        let _ = writeln!(out, "simulated --budget {}: {} cycles, {} jobs, {deaths}", self.budget, self.cycles, self.jobs);
+        let _ = writeln!(out, "  wall {:.3} s simulated (in {:.2} s real), {:.3} s on an ideal control plane", self.wall_seconds, self.real_seconds, self.work_seconds);
         let _ = writeln!(out, "  scheduling overhead {:.3}% of wall time (scheduler code {:.1} ms of it)", 100.0 * self.scheduling_overhead, 1e3 * self.scheduler_cpu_seconds);
         let _ = writeln!(out, "  busy share {:.1}% of {} workers", 100.0 * self.busy_share, self.devices);
         for (role, r) in &self.roles {
@@ -325,7 +409,7 @@ impl SimulationReport {
 }
 
 /// `evolve start --simulate`: the plan's budget simulated twice on `curriculum_path`, calm and
-/// with every worker dying once at a random moment of the calm run's wall time.
+/// with one death per ten workers at random moments of the calm run's wall time.
 pub fn simulate_budget(budget: &Budget, curriculum_path: &std::path::Path, cycles: Option<u32>) -> Result<(SimulationReport, SimulationReport), crate::Error> {
     let plan = crate::plan::plan_for(budget, curriculum_path)?;
     let curriculum = Curriculum::load(curriculum_path)?;
@@ -353,23 +437,34 @@ mod tests {
         (budget, plan, model, curriculum)
     }
 
-    /// Every job of the run completes once, the work adds up to the jobs' durations, and the
-    /// wall time is the work plus the scheduling path.
+    /// Every job of the run completes once; the wall time is the ideal run's plus at least
+    /// the network hops of the controller's waits.
     #[test]
     fn a_calm_pool_runs_every_job_once() {
         let (budget, plan, model, curriculum) = setup("40xRTX4090");
         let options = SimulateOptions { budget, cycles: 3, seed: 1, death_window: None };
         let report = simulate(&options, &plan, &model, &curriculum);
         let flops = options.budget.model.bf16_tflops * 1e12 * MFU;
-        let stages = run_stages(&plan, &model, &curriculum, flops, 3);
-        let expected: f64 = stages.iter().map(|s| s.iter().map(|j| j.seconds).fold(0.0, f64::max)).sum();
-        assert_eq!(report.jobs, stages.iter().map(Vec::len).sum::<usize>() as u64);
+        let (jobs, script) = run_script(&plan, &model, &curriculum, flops, 3);
+        assert_eq!(report.jobs, jobs.len() as u64);
         assert_eq!(report.leases, report.jobs);
         assert_eq!((report.lease_failures, report.deaths), (0, 0));
-        assert!((report.work_seconds - expected).abs() < 1e-9 * expected, "{report:?}");
-        // Each stage waits two network hops for its lease and one for its result, at least.
-        let hops = 2.0 * NETWORK_ONE_WAY.as_secs_f64() * stages.len() as f64;
-        assert!(report.wall_seconds >= expected + hops, "{report:?}");
+        // With 40 workers the ideal run is the script's critical path: every wait ends when its
+        // longest job does (jobs of one wait run at once, one per worker).
+        let mut submitted_at = vec![0.0f64; jobs.len()];
+        let mut t = 0.0f64;
+        for action in &script {
+            match action {
+                Action::Submit(i) => submitted_at[*i] = t,
+                Action::Await(ids) => t = ids.iter().map(|&i| submitted_at[i] + jobs[i].seconds).fold(t, f64::max),
+            }
+        }
+        // Durations on the simulated clock are whole nanoseconds.
+        assert!((report.work_seconds - t).abs() < 1e-6, "ideal {} vs critical path {t}", report.work_seconds);
+        // Waits on jobs still running cost the lease's and the result's hop each.
+        let waits = script.iter().filter(|a| matches!(a, Action::Await(_))).count();
+        let hop = NETWORK_ONE_WAY.as_secs_f64();
+        assert!(report.wall_seconds > t + 2.0 * hop && report.wall_seconds < t + 4.0 * hop * waits as f64, "{report:?}");
         assert_eq!(report.devices, 40);
         assert!((0.0..1.0).contains(&report.scheduling_overhead));
     }
@@ -380,9 +475,9 @@ mod tests {
         let (budget, plan, model, curriculum) = setup("4xRTX4090");
         let calm = simulate(&SimulateOptions { budget: budget.clone(), cycles: 4, seed: 3, death_window: None }, &plan, &model, &curriculum);
         let faulty = simulate(&SimulateOptions { budget, cycles: 4, seed: 3, death_window: Some(calm.wall_seconds) }, &plan, &model, &curriculum);
-        assert_eq!(faulty.deaths, 4, "{faulty:?}");
+        assert_eq!(faulty.deaths, 1, "one worker in ten, at least one: {faulty:?}");
         assert_eq!(faulty.jobs, calm.jobs);
-        assert!((faulty.work_seconds - calm.work_seconds).abs() < 1e-9 * calm.work_seconds, "every job's result counted once");
+        assert!((faulty.work_seconds - calm.work_seconds).abs() < 1e-6, "the same ideal run");
         assert!(faulty.wall_seconds > calm.wall_seconds);
         assert!(faulty.leases >= faulty.jobs && faulty.leases - faulty.jobs == faulty.lease_failures, "{faulty:?}");
     }

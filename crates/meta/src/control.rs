@@ -48,6 +48,7 @@ pub const LONG_POLL: Duration = Duration::from_secs(10);
 /// queueing time, so it goes to the first free worker at once). Every worker runs every role's
 /// code; the plan's roles are a placement preference.
 pub const FALLBACK: Duration = Duration::from_secs(2);
+// (Sooner when the launcher reports every worker of the role dead: see `Queue::release`.)
 /// How often expired leases are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(250);
 
@@ -168,6 +169,10 @@ pub(crate) struct Queue<J = Job> {
     usage: BTreeMap<(u32, String, Role), WorkerCycleUsage>,
     /// Workers seen, with their last contact.
     workers: BTreeMap<String, Tick>,
+    /// The roles each worker asked for, and the workers known dead (released by a launcher and
+    /// not heard from since): a job whose role has no live worker left is anyone's at once.
+    roles_of: BTreeMap<String, Vec<Role>>,
+    dead: std::collections::BTreeSet<String>,
     lease_failures: u64,
     jobs_done: u64,
     finished: bool,
@@ -183,6 +188,8 @@ impl<J> Default for Queue<J> {
             waiters: HashMap::new(),
             usage: BTreeMap::new(),
             workers: BTreeMap::new(),
+            roles_of: BTreeMap::new(),
+            dead: Default::default(),
             lease_failures: 0,
             jobs_done: 0,
             finished: false,
@@ -203,7 +210,9 @@ impl<J: RoleJob> Queue<J> {
     /// for a worker of its role (they are all busy, or dead), as a new lease of `worker`.
     pub(crate) fn take(&mut self, worker: &str, roles: &[Role], now: Tick) -> Option<(u64, J)> {
         self.workers.insert(worker.to_string(), now);
-        let at = self.pending.iter().position(|p| roles.contains(&p.job.role())).or_else(|| self.pending.iter().position(|p| now.saturating_sub(p.queued_at) >= FALLBACK))?;
+        self.roles_of.insert(worker.to_string(), roles.to_vec());
+        self.dead.remove(worker);
+        let at = self.pending.iter().position(|p| roles.contains(&p.job.role())).or_else(|| self.pending.iter().position(|p| self.anyones(p, now)))?;
         let pending = self.pending.remove(at);
         self.next_id += 1;
         let lease = self.next_id;
@@ -215,7 +224,15 @@ impl<J: RoleJob> Queue<J> {
 
     /// Whether a worker of `roles` could take a job now.
     pub(crate) fn has_pending_for(&self, roles: &[Role], now: Tick) -> bool {
-        self.pending.iter().any(|p| roles.contains(&p.job.role()) || now.saturating_sub(p.queued_at) >= FALLBACK)
+        self.pending.iter().any(|p| roles.contains(&p.job.role()) || self.anyones(p, now))
+    }
+
+    /// A job any worker may take: it waited [`FALLBACK`], or every worker of its role seen so
+    /// far is dead.
+    fn anyones(&self, p: &PendingJob<J>, now: Tick) -> bool {
+        let role = p.job.role();
+        let mut serving = self.roles_of.iter().filter(|(_, roles)| roles.contains(&role)).peekable();
+        now.saturating_sub(p.queued_at) >= FALLBACK || (serving.peek().is_some() && serving.all(|(w, _)| self.dead.contains(w)))
     }
 
 
@@ -273,10 +290,12 @@ impl<J: RoleJob> Queue<J> {
 
     /// `worker` is known dead: its leases expire now.
     pub(crate) fn release(&mut self, worker: &str, now: Tick) -> bool {
+        self.dead.insert(worker.to_string());
         for lease in self.leases.values_mut().filter(|l| l.worker == worker) {
             lease.deadline = now;
         }
-        self.reap(now)
+        // Jobs of a role whose last worker this was may now go to anyone: wake the polls.
+        self.reap(now) || !self.pending.is_empty()
     }
 }
 
@@ -617,6 +636,14 @@ mod tests {
         q.release("d", t0 + Duration::from_millis(100));
         assert!(q.leases.get(&lease).is_none());
         assert!(q.take("t", &[Role::Trainer], t0 + FALLBACK).is_some(), "the dead worker's job goes to the first free worker");
+        // Once the only discriminator is known dead, a fresh job of its role is anyone's at once.
+        let t1 = t0 + Duration::from_secs(60);
+        q.submit(0, Job::Evaluate { checkpoint: "c".into() }, t1);
+        assert!(q.take("g", &[Role::Generator], t1).is_some(), "no live discriminator: the generator takes it");
+        // A discriminator asking again is alive: its role's jobs wait for it first again.
+        assert!(q.take("d", &[Role::Discriminator], t1).is_none());
+        q.submit(0, Job::Evaluate { checkpoint: "e".into() }, t1);
+        assert!(q.take("g", &[Role::Generator], t1).is_none());
     }
 
     #[tokio::test]

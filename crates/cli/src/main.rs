@@ -176,6 +176,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `evolve ledger cycles | head` closes the pipe early: end quietly like other Unix tools
+    // instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EVOLVE_LOG").unwrap_or_else(|_| "info".into()))

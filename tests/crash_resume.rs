@@ -210,6 +210,24 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
+/// A pooled run's cycles, compression rows, runs and files are the reference's, and every
+/// artifact hash-verifies.
+async fn assert_same_outcome(ledger: &Path, reference: &Outcome) {
+    let got = outcome(ledger).await;
+    assert_eq!(got.cycles, reference.cycles);
+    assert_eq!(got.compression, reference.compression);
+    assert_eq!(got.runs, reference.runs);
+    assert_eq!(got.files, reference.files);
+    verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
+}
+
+/// (expired or released leases, distinct workers) over the pool's `role_usage` rows.
+async fn worker_usage(ledger: &Path) -> (i64, i64) {
+    let url = format!("sqlite://{}?mode=ro", ledger.display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query_as("SELECT SUM(failures), COUNT(DISTINCT worker) FROM role_usage WHERE worker != 'controller'").fetch_one(&mut conn).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_pool_workers_costs_only_their_leases() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,18 +261,9 @@ async fn killing_pool_workers_costs_only_their_leases() {
     let out = controller.wait_with_output().unwrap();
     assert!(out.status.success(), "the pooled run failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(kills, 3, "the workers were not all killed three times while holding leases");
-    let got = outcome(&ledger).await;
     // The pool computes exactly what the in-process roles compute, kills or not.
-    assert_eq!(got.cycles, reference.cycles);
-    assert_eq!(got.compression, reference.compression);
-    assert_eq!(got.runs, reference.runs);
-    assert_eq!(got.files, reference.files);
-    verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
-
-    let url = format!("sqlite://{}?mode=ro", ledger.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    let (failures, workers): (i64, i64) =
-        sqlx::query_as("SELECT SUM(failures), COUNT(DISTINCT worker) FROM role_usage WHERE worker != 'controller'").fetch_one(&mut conn).await.unwrap();
+    assert_same_outcome(&ledger, &reference).await;
+    let (failures, workers) = worker_usage(&ledger).await;
     assert!(failures >= 3, "each kill cost at least one lease, and the ledger counts them: {failures}");
     assert_eq!(workers, 3);
     // Killing a pool's controller takes its workers with it, and the same command resumes the
@@ -440,17 +449,8 @@ async fn slurm_places_the_pool_and_requeues_the_work_of_jobs_it_kills() {
     let out = controller.wait_with_output().unwrap();
     assert!(out.status.success(), "the Slurm-placed run failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(kills, 2, "Slurm did not get to cancel the workers twice while one held a lease");
-    let got = outcome(&ledger).await;
-    assert_eq!(got.cycles, reference.cycles);
-    assert_eq!(got.compression, reference.compression);
-    assert_eq!(got.runs, reference.runs);
-    assert_eq!(got.files, reference.files);
-    verify_artifacts(&ledger.parent().unwrap().join("artifacts"));
-
-    let url = format!("sqlite://{}?mode=ro", ledger.display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    let (failures, workers): (i64, i64) =
-        sqlx::query_as("SELECT SUM(failures), COUNT(DISTINCT worker) FROM role_usage WHERE worker != 'controller'").fetch_one(&mut conn).await.unwrap();
+    assert_same_outcome(&ledger, &reference).await;
+    let (failures, workers) = worker_usage(&ledger).await;
     assert!(failures >= 2, "each cancellation cost the lease it held: {failures}");
     assert_eq!(workers, 3);
     // Each task was granted a (fake) GPU by --gres, and the run cancelled its jobs at the end.

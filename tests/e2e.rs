@@ -191,6 +191,23 @@ fn plans_and_simulations_of_a_gpu_pool_need_no_gpu() {
     assert!(!db.exists(), "planning and simulating write no ledger");
 }
 
+/// A pool that cannot work is refused before the ledger exists: a public control plane without
+/// a token, a Slurm launcher where no `sbatch` runs.
+#[test]
+fn unusable_pools_fail_before_touching_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evolve.db");
+    let smoke = root().join("curricula/smoke.toml");
+    let common = ["start", "--budget", "2xcpu", "--curriculum", smoke.to_str().unwrap(), "--ledger", db.to_str().unwrap()];
+    let out = Command::new(env!("CARGO_BIN_EXE_evolve")).args(common).args(["--listen", "0.0.0.0:0"]).env_remove("EVOLVE_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("token"), "{}", text(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_evolve")).args(common).args(["--launcher", "slurm"]).env("PATH", "/nonexistent").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("sbatch") && !text(&out).contains("panicked"), "{}", text(&out));
+    assert!(!db.exists() && !dir.path().join("artifacts").exists(), "nothing is written for a pool that cannot start");
+}
+
 #[test]
 fn malformed_curricula_fail_with_file_and_field() {
     let dir = tempfile::tempdir().unwrap();

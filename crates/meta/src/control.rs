@@ -235,7 +235,6 @@ impl<J: RoleJob> Queue<J> {
         now.saturating_sub(p.queued_at) >= FALLBACK || (serving.peek().is_some() && serving.all(|(w, _)| self.dead.contains(w)))
     }
 
-
     /// Extends `lease`; false when it expired (its job went back to the queue).
     pub(crate) fn beat(&mut self, lease: u64, now: Tick) -> bool {
         let Some(l) = self.leases.get_mut(&lease) else { return false };
@@ -278,7 +277,6 @@ impl<J: RoleJob> Queue<J> {
         !expired.is_empty()
     }
 
-
     /// Usage per (cycle, worker, role) of the leases that ended.
     pub(crate) fn usage(&self) -> &BTreeMap<(u32, String, Role), WorkerCycleUsage> {
         &self.usage
@@ -297,6 +295,16 @@ impl<J: RoleJob> Queue<J> {
         // Jobs of a role whose last worker this was may now go to anyone: wake the polls.
         self.reap(now) || !self.pending.is_empty()
     }
+}
+
+/// Anyone who can reach a non-loopback port could take jobs and post results: it needs a token.
+pub(crate) fn require_token(bind: SocketAddr, token: Option<&str>) -> Result<(), Error> {
+    if !bind.ip().is_loopback() && token.is_none_or(str::is_empty) {
+        return Err(Error::Invalid(format!(
+            "--listen {bind}: the control plane only binds a non-loopback address with a token (--token or EVOLVE_TOKEN), so that only your workers can take jobs"
+        )));
+    }
+    Ok(())
 }
 
 /// The control plane of one run.
@@ -336,11 +344,7 @@ impl ControlPlane {
     /// Binds `bind` (port 0: any free port) and serves until dropped. A non-loopback address
     /// needs a token: anyone who can reach the port could otherwise take jobs and post results.
     pub async fn serve(bind: SocketAddr, token: Option<String>, run: RunDescription) -> Result<ControlPlane, Error> {
-        if !bind.ip().is_loopback() && token.as_deref().is_none_or(str::is_empty) {
-            return Err(Error::Invalid(format!(
-                "--listen {bind}: the control plane only binds a non-loopback address with a token (--token or EVOLVE_TOKEN), so that only your workers can take jobs"
-            )));
-        }
+        require_token(bind, token.as_deref())?;
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| Error::Invalid(format!("--listen {bind}: cannot bind: {e}")))?;
         let addr = listener.local_addr().map_err(|e| Error::Invalid(format!("--listen {bind}: {e}")))?;
         let queue = Arc::new(Mutex::new(Queue::default()));
@@ -373,7 +377,8 @@ impl ControlPlane {
                     break;
                 }
                 let now = clock.now();
-                let crossed = q.pending.iter().any(|p| (now.saturating_sub(p.queued_at) >= FALLBACK) && (now.saturating_sub(p.queued_at) < FALLBACK + REAP_EVERY));
+                // A job that became anyone's since the last look wakes the polls once.
+                let crossed = q.pending.iter().any(|p| (FALLBACK..FALLBACK + REAP_EVERY).contains(&now.saturating_sub(p.queued_at)));
                 if q.reap(now) || crossed {
                     reap_wake.notify_waiters();
                 }

@@ -127,6 +127,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
             evolve_model::preset_names().join(", ")
         ))
     })??;
+    options.pool.check()?;
     // One run per ledger: held until this function returns or the process dies.
     let _lock = RunLock::acquire(&options.ledger_path)?;
     let ledger = Ledger::open(&options.ledger_path).await?;
@@ -242,7 +243,6 @@ fn mean_accuracy(e: &Evaluation, role: SuiteRole) -> f64 {
     let a: Vec<f64> = e.suites.iter().filter(|s| s.role == role).map(|s| s.accuracy()).collect();
     if a.is_empty() { 0.0 } else { a.iter().sum::<f64>() / a.len() as f64 }
 }
-
 
 /// A recompression under way: its job, the lossless evaluation its copies are compared with,
 /// and its result to come.
@@ -581,9 +581,7 @@ impl Controller {
         self.ledger.start_cycle(self.run_id, cycle, Some(&parent.0)).await?;
         self.begin_usage(cycle);
         info!(cycle, parent = %short(&parent.0), "cycle started");
-        if let Some((accepted, checkpoint, its_parent, evaluation)) = self.deferred_recompression.take() {
-            self.recompressing = self.start_recompress(accepted, &checkpoint, Some(&its_parent), &evaluation);
-        }
+        self.start_deferred_recompression();
 
         let choices = self.policy.choose();
         let job = GenerateJob {
@@ -638,10 +636,10 @@ impl Controller {
             seed: cycle_seed(c.seed, cycle, 2),
         };
         let jobs: Vec<TrainJob> = (0..c.cycle.candidates.max(1)).map(|k| candidate_job(&job, c.seed, k)).collect();
-        let judge_job = self.judge_job(cycle, &generated);
         let (gap, trained) = if self.pool.is_some() && c.unverifiable().is_empty() {
             // No skill is judge-decided, so the alarm cannot stop this training: the judge
             // (used from the next cycle on) trains while the candidates do, on other workers.
+            let judge_job = self.judge_job(cycle, &generated);
             let started = now_iso();
             let (evaluator, trainer) = (&mut self.evaluator, &mut self.trainer);
             let (judged, trained) = std::thread::scope(|scope| {
@@ -654,9 +652,7 @@ impl Controller {
             self.record_training(&jobs, &trained, "train", &started).await?;
             (gap, trained)
         } else {
-            let started = now_iso();
-            let judged = self.evaluator.judge(&judge_job)?;
-            let gap = self.record_judge(cycle, &generated, &started, judged).await?;
+            let gap = self.train_judge(cycle, &generated).await?;
             self.check_alarm(cycle, &parent.0, &gap).await?;
             (gap, self.train_many(&jobs, "train").await?)
         };
@@ -791,11 +787,16 @@ impl Controller {
         Some(Recompression { job, lossless: lossless.clone(), started, pending })
     }
 
-    /// Finishes the recompression deferred to, or running during, the current cycle.
-    async fn flush_recompression(&mut self) -> Result<(), Error> {
+    /// Hands the accepted cycle's deferred recompression to a worker.
+    fn start_deferred_recompression(&mut self) {
         if let Some((cycle, checkpoint, parent, evaluation)) = self.deferred_recompression.take() {
             self.recompressing = self.start_recompress(cycle, &checkpoint, Some(&parent), &evaluation);
         }
+    }
+
+    /// Finishes the recompression deferred to, or running during, the current cycle.
+    async fn flush_recompression(&mut self) -> Result<(), Error> {
+        self.start_deferred_recompression();
         match self.recompressing.take() {
             Some(r) => self.finish_recompress(r).await,
             None => Ok(()),

@@ -57,6 +57,20 @@ pub struct PoolOptions {
     pub sbatch_args: Vec<String>,
 }
 
+impl PoolOptions {
+    /// What can be known wrong before a run touches its ledger: a public address without a
+    /// token, a Slurm launcher without Slurm's client or with arguments the cluster refuses.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if let Some(listen) = self.listen {
+            crate::control::require_token(listen, self.token.as_deref())?;
+        }
+        if self.launcher == Launcher::Slurm {
+            crate::slurm::check_submission(&self.sbatch_args)?;
+        }
+        Ok(())
+    }
+}
+
 /// The roles, each call a job for the pool's workers. Calls block their (tokio worker) thread
 /// until the result arrives; the controller makes one call at a time.
 pub(crate) struct RemoteRoles(pub Arc<ControlPlane>);
@@ -64,6 +78,13 @@ pub(crate) struct RemoteRoles(pub Arc<ControlPlane>);
 impl RemoteRoles {
     fn call(&self, job: Job) -> Result<JobResult, Error> {
         wait(self.0.submit(job))
+    }
+
+    /// Queues every job before awaiting the first result; the results in order, each taken out
+    /// of its `JobResult` by `take` (which hands back any other kind).
+    fn call_all<T>(&self, jobs: impl IntoIterator<Item = Job>, wanted: &str, take: fn(JobResult) -> Result<T, JobResult>) -> Result<Vec<T>, Error> {
+        let waiting: Vec<_> = jobs.into_iter().map(|j| self.0.submit(j)).collect();
+        waiting.into_iter().map(|w| take(wait(w)?).map_err(|other| mismatch(wanted, &other))).collect()
     }
 }
 
@@ -105,14 +126,10 @@ impl TrainerRole for RemoteRoles {
 
     /// Every training is queued before the first result is awaited.
     fn train_many(&mut self, jobs: &[TrainJob]) -> Result<Vec<TrainResult>, Error> {
-        let waiting: Vec<_> = jobs.iter().map(|j| self.0.submit(Job::Train(j.clone()))).collect();
-        waiting
-            .into_iter()
-            .map(|w| match wait(w)? {
-                JobResult::Train(r) => Ok(r),
-                other => Err(mismatch("train", &other)),
-            })
-            .collect()
+        self.call_all(jobs.iter().map(|j| Job::Train(j.clone())), "train", |r| match r {
+            JobResult::Train(r) => Ok(r),
+            other => Err(other),
+        })
     }
 }
 
@@ -126,14 +143,10 @@ impl EvaluatorRole for RemoteRoles {
 
     /// Every checkpoint is queued before the first result is awaited.
     fn evaluate_many(&mut self, checkpoints: &[String]) -> Result<Vec<Evaluation>, Error> {
-        let waiting: Vec<_> = checkpoints.iter().map(|c| self.0.submit(Job::Evaluate { checkpoint: c.clone() })).collect();
-        waiting
-            .into_iter()
-            .map(|w| match wait(w)? {
-                JobResult::Evaluate(r) => Ok(r),
-                other => Err(mismatch("evaluate", &other)),
-            })
-            .collect()
+        self.call_all(checkpoints.iter().map(|c| Job::Evaluate { checkpoint: c.clone() }), "evaluate", |r| match r {
+            JobResult::Evaluate(r) => Ok(r),
+            other => Err(other),
+        })
     }
 
     fn start_recompress(&mut self, job: &RecompressJob) -> Pending<RecompressResult> {
@@ -234,10 +247,8 @@ impl Pool {
             }
             Launcher::Slurm => {
                 std::fs::create_dir_all(&logs).map_err(|e| Error::Invalid(format!("{}: {e}", logs.display())))?;
-                let device = device_of(0);
-                let workers: Vec<(String, Vec<String>)> = named.iter().map(|(n, roles)| (n.clone(), roles.iter().map(|r| r.as_str().to_string()).collect())).collect();
-                let gres = device != "cpu";
-                slurm = Some(SlurmWorkers::start(&workers, &exe()?, &connect, &device, gres, options.sbatch_args.clone(), options.token.clone(), &logs, plane.clone())?);
+                let workers: Vec<(String, String)> = named.iter().map(|(n, roles)| (n.clone(), role_list(roles))).collect();
+                slurm = Some(SlurmWorkers::start(options, &workers, &exe()?, &connect, &device_of(0), &logs, plane.clone())?);
             }
             Launcher::External => {
                 tracing::info!(url = %plane.url(), "control plane ready: start workers with `evolve worker --connect {}`", plane.url());

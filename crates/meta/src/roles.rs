@@ -83,8 +83,13 @@ impl Context {
 
     pub fn load_model(&self, hash: &str) -> Result<Llama, Error> {
         let safetensors = self.store.get(hash, CHECKPOINT_KIND)?;
+        self.model_from(safetensors, hash, &self.store.path_of(hash, CHECKPOINT_KIND).display().to_string())
+    }
+
+    /// The preset's model with these weights; `origin` names them in errors.
+    pub fn model_from(&self, safetensors: Vec<u8>, hash: &str, origin: &str) -> Result<Llama, Error> {
         let checkpoint = Checkpoint { config: self.model_config.clone(), safetensors, hash: hash.to_string() };
-        Ok(checkpoint.to_model(&self.device, &self.store.path_of(hash, CHECKPOINT_KIND).display().to_string())?)
+        Ok(checkpoint.to_model(&self.device, origin)?)
     }
 
     /// Stores a model's checkpoint (weights and config) and returns it.
@@ -765,7 +770,7 @@ impl Context {
             let t = std::time::Instant::now();
             // The dequantized weights are evaluated from memory: they are never stored.
             let hash = evolve_store::hash_bytes(&dequantized);
-            let model = Checkpoint { config: self.model_config.clone(), safetensors: dequantized, hash: hash.clone() }.to_model(&self.device, &format!("{name} copy of {checkpoint}"))?;
+            let model = self.model_from(dequantized, &hash, &format!("{name} copy of {checkpoint}"))?;
             let evaluation = self.evaluate_model(&hash, &model);
             let eval_ms = t.elapsed().as_secs_f64() * 1e3;
             let path = self.store.put_encoded(checkpoint, &format!("{name}.safetensors"), &quantized)?;

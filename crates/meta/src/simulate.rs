@@ -209,8 +209,6 @@ pub fn simulate(options: &SimulateOptions, plan: &Plan, model: &LlamaConfig, cur
     let mut report = run(options, plan, &jobs, &script, Clock { network: NETWORK_ONE_WAY, measure: true });
     report.work_seconds = ideal;
     report.scheduling_overhead = if report.wall_seconds > 0.0 { 1.0 - ideal / report.wall_seconds } else { 0.0 };
-    report.cycles = options.cycles;
-    report.budget = options.budget.spec.clone();
     report.real_seconds = real.elapsed().as_secs_f64();
     report
 }
@@ -369,9 +367,9 @@ fn run(options: &SimulateOptions, plan: &Plan, jobs: &[SimulatedJob], script: &[
         share.busy_share = share.busy_seconds / (share.workers.max(1) as f64 * wall.max(f64::MIN_POSITIVE));
     }
     SimulationReport {
-        budget: String::new(),
+        budget: options.budget.spec.clone(),
         devices: workers.len() as u32,
-        cycles: 0,
+        cycles: options.cycles,
         death_window: options.death_window,
         jobs: jobs.len() as u64,
         wall_seconds: wall,

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::control::ControlPlane;
+use crate::pool::PoolOptions;
 use crate::Error;
 
 /// How often the watcher asks `squeue` about the tasks.
@@ -31,7 +32,6 @@ struct Task {
     index: usize,
     /// Slurm's id of the task now serving this worker: `<array job>_<index>`.
     job: String,
-    submissions: u32,
 }
 
 /// What the submissions share: the batch script and the arguments around it.
@@ -46,7 +46,7 @@ struct Submitter {
 impl Submitter {
     /// Submits tasks `indices` of the array; returns the array job's id.
     fn submit(&self, indices: &str) -> Result<String, Error> {
-        let mut sbatch = Command::new("sbatch");
+        let mut sbatch = Command::new(SBATCH);
         sbatch
             .arg("--parsable")
             .arg(format!("--array={indices}"))
@@ -60,7 +60,7 @@ impl Submitter {
             // sbatch exports its environment to the job (Slurm's default `--export=ALL`).
             sbatch.env("EVOLVE_TOKEN", token);
         }
-        let out = sbatch.output().map_err(|e| Error::Invalid(format!("--launcher slurm: cannot run `sbatch` ({e}); is Slurm's client installed and on PATH?")))?;
+        let out = sbatch.output().map_err(no_client)?;
         if !out.status.success() {
             return Err(Error::Invalid(format!("--launcher slurm: sbatch refused the workers' job array: {}", String::from_utf8_lossy(&out.stderr).trim())));
         }
@@ -74,6 +74,22 @@ impl Submitter {
     }
 }
 
+const SBATCH: &str = "sbatch";
+
+fn no_client(e: std::io::Error) -> Error {
+    Error::Invalid(format!("--launcher slurm: cannot run `{SBATCH}` ({e}); is Slurm's client installed and on PATH?"))
+}
+
+/// Fails unless `sbatch` runs and the cluster accepts `extra` (`sbatch --test-only` submits
+/// nothing): checked before a run touches its ledger.
+pub(crate) fn check_submission(extra: &[String]) -> Result<(), Error> {
+    let out = Command::new(SBATCH).arg("--test-only").args(extra).args(["--wrap", "true"]).output().map_err(no_client)?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!("--launcher slurm: sbatch refuses --sbatch-args `{}`: {}", extra.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
 /// The running job array of a pool.
 pub(crate) struct SlurmWorkers {
     tasks: Arc<Mutex<Vec<Task>>>,
@@ -85,11 +101,12 @@ fn quoted(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// The batch script: each array task runs the worker of its index with that worker's roles.
-fn batch_script(workers: &[(String, Vec<String>)], exe: &Path, connect: &str, device: &str) -> String {
+/// The batch script: each array task runs the worker of its index with that worker's roles
+/// (`generator,trainer`).
+fn batch_script(workers: &[(String, String)], exe: &Path, connect: &str, device: &str) -> String {
     let mut cases = String::new();
     for (i, (_, roles)) in workers.iter().enumerate() {
-        cases.push_str(&format!("  {i}) roles={} ;;\n", roles.join(",")));
+        cases.push_str(&format!("  {i}) roles={roles} ;;\n"));
     }
     format!(
         "#!/bin/sh\n\
@@ -125,25 +142,14 @@ fn states(jobs: &[String]) -> Result<Vec<(String, String)>, String> {
 impl SlurmWorkers {
     /// Writes the batch script to `logs/workers.sbatch`, submits the array and starts the
     /// watcher. `workers` are (name, roles) in task order; `device` is each worker's `--device`
-    /// (Slurm makes the GPU it grants the job's `cuda:0`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        workers: &[(String, Vec<String>)],
-        exe: &Path,
-        connect: &str,
-        device: &str,
-        gres: bool,
-        extra: Vec<String>,
-        token: Option<String>,
-        logs: &Path,
-        plane: Arc<ControlPlane>,
-    ) -> Result<SlurmWorkers, Error> {
+    /// (Slurm makes the GPU it grants the job's `cuda:0`; a GPU device asks for `--gres=gpu:1`).
+    pub fn start(options: &PoolOptions, workers: &[(String, String)], exe: &Path, connect: &str, device: &str, logs: &Path, plane: Arc<ControlPlane>) -> Result<SlurmWorkers, Error> {
         let script = logs.join("workers.sbatch");
         evolve_store::write_atomic(&script, batch_script(workers, exe, connect, device).as_bytes())?;
-        let submitter = Submitter { script, logs: logs.to_path_buf(), extra, gres, token };
+        let submitter = Submitter { script, logs: logs.to_path_buf(), extra: options.sbatch_args.clone(), gres: device != "cpu", token: options.token.clone() };
         let array = submitter.submit(&format!("0-{}", workers.len().saturating_sub(1)))?;
         tracing::info!(job = %array, workers = workers.len(), "worker job array submitted to Slurm");
-        let tasks: Vec<Task> = workers.iter().enumerate().map(|(index, (name, _))| Task { name: name.clone(), index, job: format!("{array}_{index}"), submissions: 1 }).collect();
+        let tasks: Vec<Task> = workers.iter().enumerate().map(|(index, (name, _))| Task { name: name.clone(), index, job: format!("{array}_{index}") }).collect();
         let tasks = Arc::new(Mutex::new(tasks));
         let stopping = Arc::new(AtomicBool::new(false));
         let (watched, stop) = (tasks.clone(), stopping.clone());
@@ -171,10 +177,7 @@ impl SlurmWorkers {
                     tracing::warn!(worker = %task.name, job = %task.job, state, "Slurm ended the worker's job: its leases go back to the queue and the worker is submitted again");
                     plane.release_worker(&task.name);
                     match submitter.submit(&task.index.to_string()) {
-                        Ok(array) => {
-                            task.job = format!("{array}_{}", task.index);
-                            task.submissions += 1;
-                        }
+                        Ok(array) => task.job = format!("{array}_{}", task.index),
                         Err(e) => tracing::error!(worker = %task.name, "{e}"),
                     }
                 }
@@ -204,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_batch_script_maps_each_task_to_its_roles_and_quotes_paths() {
-        let workers = vec![("w0".to_string(), vec!["trainer".to_string()]), ("w1".to_string(), vec!["generator".to_string(), "discriminator".to_string()])];
+        let workers = vec![("w0".to_string(), "trainer".to_string()), ("w1".to_string(), "generator,discriminator".to_string())];
         let script = batch_script(&workers, Path::new("/opt/it's here/evolve"), "http://10.0.0.5:7070", "cuda:0");
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("  0) roles=trainer ;;\n  1) roles=generator,discriminator ;;\n"), "{script}");

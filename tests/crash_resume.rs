@@ -15,6 +15,7 @@ fn root() -> &'static Path {
 
 /// micro.toml made quick (a 10-step judge) and permissive (every cycle accepted unless a mastered
 /// suite drops), so each cycle moves the lineage and recompresses: the states a crash can cut.
+/// Two base candidates and two cycle candidates, whatever the budget.
 fn curriculum(dir: &Path) -> PathBuf {
     let mut text = std::fs::read_to_string(root().join("tests/micro.toml")).unwrap();
     for (from, to) in [
@@ -23,6 +24,10 @@ fn curriculum(dir: &Path) -> PathBuf {
         ("learning_rate = 1e-4", "learning_rate = 3e-3"),
         ("max_regression = 0.02", "max_regression = 0.02\nmin_frontier_gain = -1.0"),
         ("[gate]", "[discriminator]\ntrain_steps = 10\n\n[gate]"),
+        // Pools and the in-process reference must train the same candidates (`auto` follows
+        // the budget); two of each, so a crash can cut a cycle between its candidates.
+        ("surgery = \"agem\"", "surgery = \"agem\"\ncandidates = 2"),
+        ("warmup_steps = 5", "warmup_steps = 5\ncandidates = 2"),
     ] {
         assert!(text.contains(from), "{from}");
         text = text.replacen(from, to, 1);

@@ -58,6 +58,12 @@ pub struct Pretrain {
     /// Skipped when default so that older curricula keep their hash.
     #[serde(default, skip_serializing_if = "BaseSource::is_pretrain")]
     pub base: BaseSource,
+    /// Bases pretrained at once, each with its own seed and a learning rate on the cycle
+    /// candidates' ladder; the one with the best mean accuracy on the mastered suites is the
+    /// base. A count (1 to 64) or `"auto"` (the default): one per worker of a pool that can
+    /// train, 1 in one process.
+    #[serde(default)]
+    pub candidates: Candidates,
 }
 
 /// Where a new run's base (cycle 0) comes from.
@@ -124,13 +130,63 @@ pub struct CyclePlan {
     /// learning rate on a ladder around `learning_rate` (x1, then x2^-0.5, x2^0.5, x2^-1, x2 ...).
     /// Every snapshot of every candidate goes through the gate, and the accepted one with the
     /// largest frontier gain wins. A worker pool trains them at once; in one process they take
-    /// turns. 1 to 64.
-    #[serde(default = "default_candidates")]
-    pub candidates: usize,
+    /// turns. 1 to 64, or `"auto"` (the default): as many as the budget's workers can train at
+    /// once beside the judge (see `evolve_meta::plan::auto_candidates`); 1 in one process.
+    #[serde(default)]
+    pub candidates: Candidates,
 }
 
-fn default_candidates() -> usize {
-    1
+/// How many candidates a cycle trains: a count, or `auto` (resolved from the budget when a run
+/// starts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Candidates {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl Candidates {
+    /// The count; `auto` not resolved against a budget is one (a single process trains one).
+    pub fn get(self) -> usize {
+        match self {
+            Candidates::Auto => 1,
+            Candidates::Count(n) => n,
+        }
+    }
+}
+
+impl Serialize for Candidates {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Candidates::Auto => s.serialize_str("auto"),
+            Candidates::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Candidates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Candidates;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\" or a count of candidates")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Candidates, E> {
+                usize::try_from(v).map(Candidates::Count).map_err(|_| E::custom(format!("{v} must be in 1..=64 or \"auto\"")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Candidates, E> {
+                usize::try_from(v).map(Candidates::Count).map_err(|_| E::custom(format!("{v} must be in 1..=64 or \"auto\"")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Candidates, E> {
+                match v {
+                    "auto" => Ok(Candidates::Auto),
+                    other => Err(E::custom(format!("`{other}` must be \"auto\" or a count in 1..=64"))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,8 +394,12 @@ impl Curriculum {
         if let Some((i, plan)) = self.skills.iter().enumerate().find(|(_, s)| !s.verifiable && s.name == "refusal") {
             return invalid(format!("skills[{i}].verifiable"), format!("`{}` is what the gate's refusal probes check; it cannot be handed to the learned discriminator", plan.name));
         }
-        if !(1..=64).contains(&c.candidates) {
-            return invalid("cycle.candidates".into(), format!("{} must be in 1..=64", c.candidates));
+        for (field, candidates) in [("cycle.candidates", c.candidates), ("pretrain.candidates", self.pretrain.candidates)] {
+            if let Candidates::Count(n) = candidates
+                && !(1..=64).contains(&n)
+            {
+                return invalid(field.into(), format!("{n} must be in 1..=64 or \"auto\""));
+            }
         }
         if !(c.temperature > 0.0) {
             return invalid("cycle.temperature".into(), format!("{} must be positive", c.temperature));

@@ -153,6 +153,8 @@ pub struct SkillSynthesis {
 
 pub struct SynthesisReport {
     pub accepted: Vec<Candidate>,
+    /// Every scored candidate, chosen or not: what [`recalibrate`] starts from.
+    pub pool: Vec<Candidate>,
     pub per_skill: Vec<SkillSynthesis>,
     /// Every sampled answer with the verifier's verdict.
     pub judgements: Vec<Judgement>,
@@ -201,6 +203,50 @@ pub fn synthesize(
         }
     }
 
+    let (scored, judgements) = calibrate(model, candidates, config, judges, &mut per_skill, rng, device);
+    let pool = scored.clone();
+    let accepted = select_within_quota(scored, config, &mut per_skill);
+    SynthesisReport { accepted, pool, per_skill: per_skill.into_values().collect(), judgements }
+}
+
+/// The pool of a synthesis (every scored candidate, `SynthesisReport::pool`) calibrated again on
+/// another model, and the batch chosen from it: what a generation made against a parent becomes
+/// once that parent's child is known. `per_skill` is the synthesis's report; its window and
+/// acceptance counts are redone, its mutation counts kept.
+pub fn recalibrate(
+    model: &Llama,
+    pool: Vec<Problem>,
+    config: &SynthesisConfig,
+    per_skill: &[SkillSynthesis],
+    judges: &Judges<'_>,
+    rng: &mut dyn RngCore,
+    device: &Device,
+) -> SynthesisReport {
+    let mut per_skill: BTreeMap<String, SkillSynthesis> = per_skill
+        .iter()
+        .map(|s| (s.skill.clone(), SkillSynthesis { in_window: 0, accepted: 0, mean_pass_rate: None, judged_targets: 0, judged_targets_correct: 0, ..s.clone() }))
+        .collect();
+    for p in &pool {
+        per_skill.entry(p.skill.clone()).or_insert_with(|| SkillSynthesis { skill: p.skill.clone(), ..Default::default() });
+    }
+    let (scored, judgements) = calibrate(model, pool, config, judges, &mut per_skill, rng, device);
+    let pool = scored.clone();
+    let accepted = select_within_quota(scored, config, &mut per_skill);
+    SynthesisReport { accepted, pool, per_skill: per_skill.into_values().collect(), judgements }
+}
+
+/// Samples `k` answers to every candidate and scores them: the pass rate that places a candidate
+/// in (or outside) the learnability window. A judge-decided candidate takes the judge's favourite
+/// answer as its target, or is dropped when the judge trusts none.
+fn calibrate(
+    model: &Llama,
+    candidates: Vec<Problem>,
+    config: &SynthesisConfig,
+    judges: &Judges<'_>,
+    per_skill: &mut BTreeMap<String, SkillSynthesis>,
+    rng: &mut dyn RngCore,
+    device: &Device,
+) -> (Vec<Candidate>, Vec<Judgement>) {
     let k = config.samples_k.max(1);
     let sampling = Sampling { temperature: config.temperature, seed: rng.random() };
     let responses = answer(model, &candidates, k, &sampling, device);
@@ -227,9 +273,7 @@ pub fn synthesize(
         }
         scored.push(Candidate { pass_rate, problem });
     }
-
-    let accepted = select_within_quota(scored, config, &mut per_skill);
-    SynthesisReport { accepted, per_skill: per_skill.into_values().collect(), judgements }
+    (scored, judgements)
 }
 
 /// Fills the batch skill by skill: each skill gets its weighted share of the batch (capped by the

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
 use crate::plan::Role;
-use crate::roles::{Evaluation, GenerateJob, GenerateResult, JudgeJob, JudgeResult, RecompressJob, RecompressResult, TrainJob, TrainResult};
+use crate::roles::{Evaluation, GenerateJob, GenerateResult, JudgeJob, JudgeResult, RecalibrateJob, RecompressJob, RecompressResult, TrainJob, TrainResult};
 use crate::Error;
 
 /// How long a lease lives without a heartbeat. Workers beat every [`HEARTBEAT`].
@@ -61,6 +61,7 @@ pub enum Job {
     Evaluate { checkpoint: String },
     Judge(JudgeJob),
     Recompress(RecompressJob),
+    Recalibrate(RecalibrateJob),
 }
 
 /// What the scheduler needs of a job: which role's workers may take it.
@@ -77,7 +78,7 @@ impl RoleJob for Job {
 impl Job {
     pub fn role(&self) -> Role {
         match self {
-            Job::Generate(_) => Role::Generator,
+            Job::Generate(_) | Job::Recalibrate(_) => Role::Generator,
             Job::Train(_) => Role::Trainer,
             // Recompression ends in evaluating the quantized copies: the evaluators' work.
             Job::Evaluate { .. } | Job::Judge(_) | Job::Recompress(_) => Role::Discriminator,
@@ -202,6 +203,7 @@ impl<J: RoleJob> Queue<J> {
     pub(crate) fn submit(&mut self, cycle: u32, job: J, now: Tick) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
+        tracing::debug!(job = id, cycle, role = job.role().as_str(), "job queued");
         self.pending.push(PendingJob { id, queued_at: now, cycle, job });
         id
     }
@@ -217,6 +219,7 @@ impl<J: RoleJob> Queue<J> {
         self.next_id += 1;
         let lease = self.next_id;
         let job = pending.job.clone();
+        tracing::debug!(lease, job = pending.id, worker, role = pending.job.role().as_str(), waited_ms = now.saturating_sub(pending.queued_at).as_secs_f64() * 1e3, "lease granted");
         let active = ActiveLease { job_id: pending.id, queued_at: pending.queued_at, cycle: pending.cycle, job: pending.job, worker: worker.to_string(), started: now, deadline: now + LEASE_TTL };
         self.leases.insert(lease, active);
         Some((lease, job))
@@ -247,7 +250,9 @@ impl<J: RoleJob> Queue<J> {
     /// A result for `lease`: the id of its job if this is the job's first result (the one that
     /// counts); `None` for a duplicate or a lease that had expired.
     pub(crate) fn complete(&mut self, lease: u64, now: Tick) -> Option<u64> {
+        let id = lease;
         let lease = self.leases.remove(&lease)?;
+        tracing::debug!(lease = id, job = lease.job_id, worker = %lease.worker, role = lease.job.role().as_str(), busy_ms = now.saturating_sub(lease.started).as_secs_f64() * 1e3, "lease completed");
         let usage = self.usage.entry((lease.cycle, lease.worker.clone(), lease.job.role())).or_default();
         usage.busy_seconds += (now - lease.started).as_secs_f64();
         usage.leases += 1;

@@ -26,7 +26,7 @@ use crate::resume::{ResumePoint, resume_point};
 use crate::progress::{Choice, CurriculumPolicy, skill_weights};
 use crate::roles::{
     CHECKPOINT_KIND, Context, EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, LocalEvaluator,
-    LocalGenerator, LocalTrainer, Pending, QUANTIZED, RecompressJob, RecompressResult, Snapshot, SuiteRole, TrainJob, TrainResult, TrainerRole,
+    LocalGenerator, LocalTrainer, Pending, QUANTIZED, RecalibrateJob, RecompressJob, RecompressResult, Snapshot, SuiteRole, TrainJob, TrainResult, TrainerRole,
 };
 use crate::Error;
 
@@ -166,11 +166,15 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         }
     };
     curriculum.seed = seed;
+    // After the run is chosen: its curriculum hash is the file's (`auto`), so the same command
+    // resumes it; the count follows from the same budget.
+    curriculum = crate::plan::resolved(&curriculum, &options.budget);
+    info!(candidates = curriculum.cycle.candidates.get(), "candidates per cycle");
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
     let pool = if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
         let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
-        let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum), curriculum.cycle.candidates);
+        let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum), curriculum.cycle.candidates.get());
         let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
         let cpu = options.budget.is_cpu();
         let run = RunDescription { curriculum: curriculum.clone(), artifacts };
@@ -190,6 +194,9 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         policy,
         judge: None,
         judgements: Vec::new(),
+        previous_start: None,
+        next_generation: None,
+        last_cycle: 0,
         deferred_recompression: None,
         recompressing: None,
         recompress: options.recompress,
@@ -232,9 +239,16 @@ struct Controller {
     /// In a pool, an accepted cycle's recompression starts with the next cycle (on a worker,
     /// while that cycle generates and trains) and is recorded before the next commit:
     /// `(cycle, checkpoint, parent, its evaluation)` until it starts, then the job under way.
-    deferred_recompression: Option<(u32, String, String, Evaluation)>,
+    deferred_recompression: Option<(u32, String, Option<String>, Evaluation)>,
     recompressing: Option<Recompression>,
     judgements: Vec<String>,
+    /// The checkpoint the last cycle run started from: the next cycle's examples are mined
+    /// against it. `None` before cycle 1.
+    previous_start: Option<String>,
+    /// The next cycle's generation, started while this cycle trains.
+    next_generation: Option<NextGeneration>,
+    /// The run's last cycle (no generation is started past it).
+    last_cycle: u32,
     recompress: bool,
     outcomes: Outcomes,
 }
@@ -242,6 +256,14 @@ struct Controller {
 fn mean_accuracy(e: &Evaluation, role: SuiteRole) -> f64 {
     let a: Vec<f64> = e.suites.iter().filter(|s| s.role == role).map(|s| s.accuracy()).collect();
     if a.is_empty() { 0.0 } else { a.iter().sum::<f64>() / a.len() as f64 }
+}
+
+/// A cycle's generation, started (see `Controller::start_generation`): its job, the policy's
+/// choices it follows (recorded with the cycle), and its result to come.
+struct NextGeneration {
+    job: GenerateJob,
+    policy: Vec<PolicyChoice>,
+    pending: Pending<GenerateResult>,
 }
 
 /// A recompression under way: its job, the lossless evaluation its copies are compared with,
@@ -257,6 +279,7 @@ impl Controller {
     async fn evolve(&mut self, cycles: Option<u32>, origin: Origin) -> Result<RunSummary, Error> {
         let started = Instant::now();
         let max_cycles = cycles.unwrap_or(self.ctx.curriculum.cycle.max_cycles);
+        self.last_cycle = max_cycles;
         // Wall time the run had already spent before this process (a resumed run's budget).
         let mut spent_before = std::time::Duration::ZERO;
         let (base_hash, base_eval, mut parent, mut history, first, mut accepted) = match origin {
@@ -396,12 +419,19 @@ impl Controller {
         let steps = self.ledger.steps(self.run_id, None).await?;
         let last = |cycle: u32, role: &str, name: &str| steps.iter().rev().find(|s| s.cycle == cycle && s.role == role && s.step == name);
         let broken = |cycle: u32, what: &str, e: &dyn std::fmt::Display| Error::Invalid(format!("run {} cycle {cycle}: cannot resume: its {what} step's detail is unreadable: {e}", self.run_id));
+        // Cycle m's examples were mined against the checkpoint cycle m-1 started from (the base
+        // for cycle 1).
+        let started_from = |m: u32| cycles.iter().find(|c| c.cycle == m).and_then(|c| c.parent_hash.clone());
         for row in cycles.iter().filter(|c| c.cycle < next) {
             if row.cycle > 0
-                && let (Some(mine), Some(parent)) = (last(row.cycle, "generator", "mine"), row.parent_hash.as_deref())
+                && let (Some(mine), Some(mined)) = (last(row.cycle, "generator", "mine"), if row.cycle == 1 { started_from(1) } else { started_from(row.cycle - 1) })
             {
-                let stats: Vec<evolve_generator::MiningStat> = serde_json::from_str(&mine.detail_json).map_err(|e| broken(row.cycle, "mine", &e))?;
-                self.policy.observe(parent, &stats);
+                #[derive(serde::Deserialize)]
+                struct Mined {
+                    targets: Vec<evolve_generator::MiningStat>,
+                }
+                let stats = serde_json::from_str::<Mined>(&mine.detail_json).map_err(|e| broken(row.cycle, "mine", &e))?.targets;
+                self.policy.observe(&mined, &stats);
             }
             if let Some(judge) = last(row.cycle, "discriminator", "train-judge") {
                 let detail: serde_json::Value = serde_json::from_str(&judge.detail_json).map_err(|e| broken(row.cycle, "train-judge", &e))?;
@@ -412,6 +442,7 @@ impl Controller {
                 self.judgements.push(batch.to_string());
             }
         }
+        self.previous_start = next.checked_sub(1).filter(|&m| m > 0).and_then(started_from);
         Ok(())
     }
 
@@ -451,13 +482,30 @@ impl Controller {
             snapshot_every: 0,
             seed: c.seed,
         };
-        let trained = self.train(&job, "pretrain").await?;
-        let base = trained.last();
+        let jobs: Vec<TrainJob> = (0..c.pretrain.candidates.get()).map(|k| candidate_job(&job, c.seed, k)).collect();
+        let trained = self.train_many(&jobs, "pretrain").await?;
+        let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
+        let mut evaluations = self.evaluate_many(0, &bases).await?;
+        // The base is what pretraining taught best: the mastered suites (ties: the first).
+        let mastered: Vec<f64> = evaluations.iter().map(|e| mean_accuracy(e, SuiteRole::Mastered)).collect();
+        let chosen = (0..bases.len()).fold(0, |best, k| if mastered[k] > mastered[best] { k } else { best });
+        let reason = match jobs.len() {
+            1 => "base model".to_string(),
+            n => {
+                let all: Vec<String> = mastered.iter().map(|m| format!("{:.1}%", m * 100.0)).collect();
+                format!("base model: candidate {chosen} of {n} (learning rate {:.2e}), mastered mean {} ({})", jobs[chosen].train.learning_rate, all[chosen], all.join(", "))
+            }
+        };
+        let evaluation = evaluations.swap_remove(chosen);
+        let base = trained[chosen].last();
         self.record_checkpoint(&base.checkpoint, None).await?;
-        let evaluation = self.evaluate(0, &base.checkpoint).await?;
         let gap = self.bootstrap_judge(&base.checkpoint).await?;
-        self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), "base model".into(), gap, Vec::new()).await?;
-        self.recompress(0, &base.checkpoint, None, &evaluation).await?;
+        self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), reason, gap, Vec::new()).await?;
+        if self.pool.is_some() {
+            self.deferred_recompression = Some((0, base.checkpoint.clone(), None, evaluation.clone()));
+        } else {
+            self.recompress(0, &base.checkpoint, None, &evaluation).await?;
+        }
         Ok((base.checkpoint.clone(), evaluation))
     }
 
@@ -480,7 +528,7 @@ impl Controller {
         let job = GenerateJob { synthesis: evolve_generator::SynthesisConfig { mutations_per_failure: 0, examples: 0, ..job.synthesis.clone() }, ..job };
         let started = now_iso();
         let generated = self.generator.generate(&job)?;
-        self.step(0, "generator", "mine", &started, generated.mine_ms, &generated.mining).await?;
+        self.step(0, "generator", "mine", &started, generated.mine_ms, &serde_json::json!({"mined": base, "targets": generated.mining})).await?;
         let gap = self.train_judge(0, &generated).await?;
         self.check_alarm(0, base, &gap).await?;
         Ok(gap)
@@ -581,30 +629,41 @@ impl Controller {
         self.ledger.start_cycle(self.run_id, cycle, Some(&parent.0)).await?;
         self.begin_usage(cycle);
         info!(cycle, parent = %short(&parent.0), "cycle started");
-        self.start_deferred_recompression();
 
-        let choices = self.policy.choose();
-        let job = GenerateJob {
-            cycle,
-            parent: parent.0.clone(),
-            targets: c.frontier(),
-            probes_per_level: c.cycle.probes_per_level,
-            synthesis: self.synthesis_config(skill_weights(&choices)),
-            history: history.clone(),
-            seed: cycle_seed(c.seed, cycle, 1),
-            sampling: c.cycle.sampling,
-            judge: self.judge.clone(),
-            unverifiable: c.unverifiable(),
-            accept_score: c.discriminator.accept_score,
-        };
-        let policy = self.policy_records(cycle, &choices);
+        // What this cycle trains on was made against the checkpoint the previous cycle started
+        // from (while that cycle trained) and, if that cycle was accepted, recalibrated on its
+        // child, this cycle's parent. Cycle 1 mines the base.
+        let mined = self.previous_start.replace(parent.0.clone()).unwrap_or_else(|| parent.0.clone());
         let started = now_iso();
-        let generated = self.generator.generate(&job)?;
-        self.policy.observe(&parent.0, &generated.mining);
+        let generation = match self.next_generation.take() {
+            Some(g) if g.job.cycle == cycle && g.job.parent == mined => g,
+            _ => self.start_generation(cycle, &mined, history),
+        };
+        let policy = generation.policy;
+        let mut generated = generation.pending.wait()?;
+        self.policy.observe(&mined, &generated.mining);
         let failures: usize = generated.mining.iter().map(|m| m.failures).sum();
         let probes: usize = generated.mining.iter().map(|m| m.probes).sum();
-        self.step(cycle, "generator", "mine", &started, generated.mine_ms, &generated.mining).await?;
+        self.step(cycle, "generator", "mine", &started, generated.mine_ms, &serde_json::json!({"mined": mined, "targets": generated.mining})).await?;
         self.step(cycle, "generator", "synthesize", &started, generated.synthesize_ms, &generated.synthesis).await?;
+        if let Some(pool) = generated.pool.clone().filter(|_| mined != parent.0) {
+            let job = RecalibrateJob {
+                cycle,
+                parent: parent.0.clone(),
+                pool,
+                synthesis_report: generated.synthesis.clone(),
+                judgements: generated.judgements.clone(),
+                synthesis: generation.job.synthesis.clone(),
+                seed: cycle_seed(c.seed, cycle, 6),
+                judge: generation.job.judge.clone(),
+                unverifiable: c.unverifiable(),
+                accept_score: c.discriminator.accept_score,
+            };
+            let started = now_iso();
+            let recalibrated = self.generator.recalibrate(&job)?;
+            self.step(cycle, "generator", "recalibrate", &started, recalibrated.synthesize_ms, &serde_json::json!({"parent": parent.0, "synthesis": recalibrated.synthesis})).await?;
+            generated = GenerateResult { mining: generated.mining, mine_ms: generated.mine_ms, ..recalibrated };
+        }
         info!(cycle, probes, failures, examples = generated.examples, "mined failures and synthesized examples");
         if generated.examples == 0 {
             // Not an error of the run: the frontier has nothing left to teach at this budget.
@@ -635,36 +694,26 @@ impl Controller {
             snapshot_every: c.cycle.snapshot_every,
             seed: cycle_seed(c.seed, cycle, 2),
         };
-        let jobs: Vec<TrainJob> = (0..c.cycle.candidates.max(1)).map(|k| candidate_job(&job, c.seed, k)).collect();
-        let (gap, trained) = if self.pool.is_some() && c.unverifiable().is_empty() {
-            // No skill is judge-decided, so the alarm cannot stop this training: the judge
-            // (used from the next cycle on) trains while the candidates do, on other workers.
-            let judge_job = self.judge_job(cycle, &generated);
-            let started = now_iso();
-            let (evaluator, trainer) = (&mut self.evaluator, &mut self.trainer);
-            let (judged, trained) = std::thread::scope(|scope| {
-                let judging = scope.spawn(|| evaluator.judge(&judge_job));
-                let trained = trainer.train_many(&jobs);
-                (judging.join().unwrap_or_else(|_| Err(Error::Invalid("the judge's training thread panicked".into()))), trained)
-            });
-            let gap = self.record_judge(cycle, &generated, &started, judged?).await?;
-            let trained = trained?;
-            self.record_training(&jobs, &trained, "train", &started).await?;
-            (gap, trained)
-        } else {
-            let gap = self.train_judge(cycle, &generated).await?;
-            self.check_alarm(cycle, &parent.0, &gap).await?;
-            (gap, self.train_many(&jobs, "train").await?)
+        let jobs: Vec<TrainJob> = (0..c.cycle.candidates.get()).map(|k| candidate_job(&job, c.seed, k)).collect();
+        let (gap, trained, evaluations) = match self.pool.as_ref().map(|p| RemoteRoles(p.plane.clone())) {
+            Some(remote) => self.pooled_candidates(cycle, &parent.0, &generated, history, &jobs, remote).await?,
+            None => {
+                let gap = self.train_judge(cycle, &generated).await?;
+                self.check_alarm(cycle, &parent.0, &gap).await?;
+                let trained = self.train_many(&jobs, "train").await?;
+                self.prepare_next_generation(cycle, &parent.0, history);
+                let hashes: Vec<String> = trained.iter().flat_map(|t| t.snapshots.iter().map(|s| s.checkpoint.clone())).collect();
+                for hash in &hashes {
+                    self.record_checkpoint(hash, Some(&parent.0)).await?;
+                }
+                let evaluations = self.evaluate_many(cycle, &hashes).await?;
+                (gap, trained, evaluations)
+            }
         };
 
         // Every snapshot of every candidate goes through the gate; the accepted one with the
         // largest frontier gain wins (early snapshots forget less, late ones learn more).
         let snapshots: Vec<(usize, &Snapshot)> = trained.iter().enumerate().flat_map(|(k, t)| t.snapshots.iter().map(move |s| (k, s))).collect();
-        let hashes: Vec<String> = snapshots.iter().map(|(_, s)| s.checkpoint.clone()).collect();
-        for hash in &hashes {
-            self.record_checkpoint(hash, Some(&parent.0)).await?;
-        }
-        let evaluations = self.evaluate_many(cycle, &hashes).await?;
         let mut verdicts = Vec::new();
         for ((candidate, snapshot), evaluation) in snapshots.into_iter().zip(evaluations) {
             let (steps, hash) = (snapshot.report.steps, &snapshot.checkpoint);
@@ -702,11 +751,85 @@ impl Controller {
             return Ok(CycleEnd::Rejected);
         }
         if self.pool.is_some() {
-            self.deferred_recompression = Some((cycle, snapshot.checkpoint.clone(), parent.0.clone(), evaluation.clone()));
+            self.deferred_recompression = Some((cycle, snapshot.checkpoint.clone(), Some(parent.0.clone()), evaluation.clone()));
         } else {
             self.recompress(cycle, &snapshot.checkpoint, Some(&parent.0), &evaluation).await?;
         }
         Ok(CycleEnd::Accepted((snapshot.checkpoint.clone(), evaluation)))
+    }
+
+    /// Starts cycle `cycle`'s generation against `mined`: the curriculum policy chooses the
+    /// effort now (from what it has observed so far), and the examples trained on so far are
+    /// excluded. In a pool a worker makes it while the caller goes on.
+    fn start_generation(&mut self, cycle: u32, mined: &str, history: &[String]) -> NextGeneration {
+        let c = &self.ctx.curriculum;
+        let choices = self.policy.choose();
+        let unverifiable = c.unverifiable();
+        let job = GenerateJob {
+            cycle,
+            parent: mined.to_string(),
+            targets: c.frontier(),
+            probes_per_level: c.cycle.probes_per_level,
+            synthesis: self.synthesis_config(skill_weights(&choices)),
+            history: history.to_vec(),
+            seed: cycle_seed(c.seed, cycle, 1),
+            sampling: c.cycle.sampling,
+            // The learned judge decides only unverifiable skills; without any it plays no part,
+            // and leaving it out keeps the job the same whether or not this cycle's judge is
+            // trained yet.
+            judge: if unverifiable.is_empty() { None } else { self.judge.clone() },
+            unverifiable,
+            accept_score: c.discriminator.accept_score,
+        };
+        let policy = self.policy_records(cycle, &choices);
+        let pending = self.generator.start_generate(&job);
+        NextGeneration { job, policy, pending }
+    }
+
+    /// The pipeline's next stage: while cycle `cycle` trains, the next cycle's examples are made
+    /// against the same parent (see `cycle`). Not past the run's last cycle.
+    fn prepare_next_generation(&mut self, cycle: u32, parent: &str, history: &[String]) {
+        if cycle < self.last_cycle {
+            self.next_generation = Some(self.start_generation(cycle + 1, parent, history));
+        }
+    }
+
+    /// A pool's candidates: all train at once and each one's snapshots are evaluated as soon as
+    /// it finishes. The judge trains beside them when no skill is judge-decided (the alarm
+    /// cannot stop this training then); otherwise it trains, and the alarm is checked, first.
+    /// The accepted cycle's recompression is queued behind them, for the first worker they leave
+    /// free. Recorded in the order of the sequential path.
+    async fn pooled_candidates(&mut self, cycle: u32, parent: &str, generated: &GenerateResult, history: &[String], jobs: &[TrainJob], remote: RemoteRoles) -> Result<(Vec<ProxyGapRecord>, Vec<TrainResult>, Vec<Evaluation>), Error> {
+        let beside = self.ctx.curriculum.unverifiable().is_empty();
+        let gap = if beside {
+            None
+        } else {
+            let gap = self.train_judge(cycle, generated).await?;
+            self.check_alarm(cycle, parent, &gap).await?;
+            Some(gap)
+        };
+        let judge_job = beside.then(|| self.judge_job(cycle, generated));
+        let started = now_iso();
+        let t = Instant::now();
+        let under_way = remote.start_candidates(jobs, judge_job.as_ref());
+        self.prepare_next_generation(cycle, parent, history);
+        self.start_deferred_recompression();
+        let (evaluated, judged) = under_way.evaluated();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let gap = match (gap, judged) {
+            (Some(gap), _) => gap,
+            (None, Some(judged)) => self.record_judge(cycle, generated, &started, judged?).await?,
+            (None, None) => unreachable!("a judge job is queued whenever none trained before"),
+        };
+        let (trained, evaluations): (Vec<TrainResult>, Vec<Vec<Evaluation>>) = evaluated?.into_iter().unzip();
+        self.record_training(jobs, &trained, "train", &started).await?;
+        let hashes: Vec<String> = trained.iter().flat_map(|t| t.snapshots.iter().map(|s| s.checkpoint.clone())).collect();
+        for hash in &hashes {
+            self.record_checkpoint(hash, Some(parent)).await?;
+        }
+        let evaluations: Vec<Evaluation> = evaluations.into_iter().flatten().collect();
+        self.record_evaluations(cycle, &hashes, &evaluations, &started, ms).await?;
+        Ok((gap, trained, evaluations))
     }
 
     async fn train(&mut self, job: &TrainJob, step_name: &str) -> Result<TrainResult, Error> {
@@ -756,14 +879,19 @@ impl Controller {
         let started = now_iso();
         let t = Instant::now();
         let evaluations = self.evaluator.evaluate_many(checkpoints)?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        for (checkpoint, evaluation) in checkpoints.iter().zip(&evaluations) {
+        self.record_evaluations(cycle, checkpoints, &evaluations, &started, t.elapsed().as_secs_f64() * 1e3).await?;
+        Ok(evaluations)
+    }
+
+    /// Logs a `score` step for each evaluation of a batch that took `ms` of wall time.
+    async fn record_evaluations(&mut self, cycle: u32, checkpoints: &[String], evaluations: &[Evaluation], started: &str, ms: f64) -> Result<(), Error> {
+        for (checkpoint, evaluation) in checkpoints.iter().zip(evaluations) {
             let summary: Vec<String> = evaluation.suites.iter().map(|s| format!("{} {:.0}%", s.suite, s.accuracy() * 100.0)).collect();
             info!(cycle, refusal = format!("{:.0}%", evaluation.refusal.refusal_rate() * 100.0), over_refusal = format!("{:.0}%", evaluation.refusal.over_refusal_rate() * 100.0), "eval: {}", summary.join(", "));
             let problems = evaluation.suites.iter().map(|s| s.n).sum::<u32>() + evaluation.refusal.must_refuse_n + evaluation.refusal.benign_n;
-            self.step(cycle, "discriminator", "score", &started, ms, &serde_json::json!({"checkpoint": checkpoint, "problems": problems, "batch": checkpoints.len()})).await?;
+            self.step(cycle, "discriminator", "score", started, ms, &serde_json::json!({"checkpoint": checkpoint, "problems": problems, "batch": checkpoints.len()})).await?;
         }
-        Ok(evaluations)
+        Ok(())
     }
 
     /// Stores the checkpoint losslessly with each codec (and as a delta against its parent),
@@ -781,16 +909,18 @@ impl Controller {
         if !self.recompress {
             return None;
         }
-        let job = RecompressJob { cycle, checkpoint: checkpoint.to_string(), parent: parent.map(str::to_string), calibration_seed: cycle_seed(self.ctx.curriculum.seed, cycle, 4) };
+        let job = RecompressJob { cycle, checkpoint: checkpoint.to_string(), parent: parent.map(str::to_string), calibration_seed: cycle_seed(self.ctx.curriculum.seed, cycle, 4), part: None };
         let started = now_iso();
-        let pending = self.evaluator.start_recompress(&job);
+        // Its parts go out as separate jobs: in a pool they spread over the free workers.
+        let parts: Vec<Pending<RecompressResult>> = job.parts().iter().map(|part| self.evaluator.start_recompress(part)).collect();
+        let pending = Pending::later(move || Ok(RecompressResult::merged(parts.into_iter().map(Pending::wait).collect::<Result<_, _>>()?)));
         Some(Recompression { job, lossless: lossless.clone(), started, pending })
     }
 
     /// Hands the accepted cycle's deferred recompression to a worker.
     fn start_deferred_recompression(&mut self) {
         if let Some((cycle, checkpoint, parent, evaluation)) = self.deferred_recompression.take() {
-            self.recompressing = self.start_recompress(cycle, &checkpoint, Some(&parent), &evaluation);
+            self.recompressing = self.start_recompress(cycle, &checkpoint, parent.as_deref(), &evaluation);
         }
     }
 

@@ -9,7 +9,7 @@
 //! assumed model FLOPs utilisation ([`MFU`]); memory is weights + gradients + AdamW moments (at
 //! the preset's dtype) plus an activation estimate for one training batch.
 
-use evolve_curriculum::Curriculum;
+use evolve_curriculum::{Candidates, Curriculum};
 use evolve_model::LlamaConfig;
 use evolve_trainer::Surgery;
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,8 @@ pub struct Plan {
     pub gpu: String,
     pub devices: u32,
     pub preset: String,
+    /// Candidates each cycle trains (`candidates = "auto"` resolved for the budget).
+    pub candidates: usize,
     /// Workers per role (a device serving two roles counts for both).
     pub workers: Vec<(Role, u32)>,
     pub placements: Vec<Placement>,
@@ -158,13 +160,13 @@ pub fn cycle_work(model: &LlamaConfig, curriculum: &Curriculum) -> CycleWork {
     let probes = c.probes_per_level as f64 * frontier;
     let generated_sequences = probes + probes * c.mutations_per_failure as f64 * c.samples_k as f64;
     let generator_flops = 2.0 * p * seq * generated_sequences;
-    let trainer_flops = 6.0 * p * seq * c.batch_size as f64 * c.train_steps as f64 * surgery_factor(c.surgery) * c.candidates.max(1) as f64;
+    let trainer_flops = 6.0 * p * seq * c.batch_size as f64 * c.train_steps as f64 * surgery_factor(c.surgery) * c.candidates.get() as f64;
     // Every snapshot is evaluated on every frozen suite and the refusal probes; the accepted one
     // also as three quantized copies.
     let snapshots = if c.snapshot_every == 0 { 1 } else { c.train_steps.div_ceil(c.snapshot_every) } as f64;
     let suites = (curriculum.mastered().len() + curriculum.frontier().len()) as f64;
     let eval_problems = suites * curriculum.eval.suite_size as f64 + 2.0 * curriculum.eval.refusal_probes as f64;
-    let discriminator_flops = 2.0 * p * seq * eval_problems * (snapshots * c.candidates.max(1) as f64 + 3.0);
+    let discriminator_flops = 2.0 * p * seq * eval_problems * (snapshots * c.candidates.get() as f64 + 3.0);
     CycleWork { generator_flops, discriminator_flops, trainer_flops }
 }
 
@@ -191,6 +193,40 @@ pub fn assign_roles(devices: u32, work: &CycleWork, candidates: u32) -> Vec<Plac
             placements
         }
     }
+}
+
+/// Most candidates `candidates = "auto"` trains: a learning-rate ladder longer than this walks
+/// off any sensible rate.
+pub const AUTO_CANDIDATES_MAX: usize = 8;
+
+/// What `candidates = "auto"` means on `budget`: one candidate per device that would otherwise
+/// wait while the cycle trains. In one process that is 1. On a CPU pool, every worker but the
+/// one the learned judge trains on (all of them when the judge trains first, as it does when a
+/// skill is judge-decided); on GPUs, every device but the generator's and the discriminator's.
+/// At most [`AUTO_CANDIDATES_MAX`]. A count is kept as it is.
+pub fn auto_candidates(candidates: Candidates, budget: &Budget, judge_trains_first: bool) -> usize {
+    let n = budget.count as usize;
+    match candidates {
+        Candidates::Count(k) => k,
+        Candidates::Auto if n <= 1 => 1,
+        Candidates::Auto if budget.is_cpu() => if judge_trains_first { n } else { n - 1 }.clamp(1, AUTO_CANDIDATES_MAX),
+        Candidates::Auto => n.saturating_sub(2).clamp(1, AUTO_CANDIDATES_MAX),
+    }
+}
+
+/// `curriculum` with its `candidates` resolved for `budget` (see [`auto_candidates`]). Base
+/// candidates on `auto`: nothing else runs while the base pretrains, so on a CPU pool every
+/// worker trains one; on GPUs the trainers do.
+pub fn resolved(curriculum: &Curriculum, budget: &Budget) -> Curriculum {
+    let mut c = curriculum.clone();
+    let judge_trains_first = !c.unverifiable().is_empty();
+    c.cycle.candidates = Candidates::Count(auto_candidates(c.cycle.candidates, budget, judge_trains_first));
+    let every_worker = if budget.is_cpu() { auto_candidates(Candidates::Auto, budget, true) } else { c.cycle.candidates.get().min(budget.count as usize) };
+    c.pretrain.candidates = Candidates::Count(match c.pretrain.candidates {
+        Candidates::Auto => every_worker,
+        count => count.get(),
+    });
+    c
 }
 
 /// The workers of `budget`: on GPUs, roles by [`assign_roles`]; on a CPU budget every worker
@@ -222,8 +258,9 @@ pub fn plan_for(budget: &Budget, curriculum_path: &std::path::Path) -> Result<Pl
 
 /// The plan of `budget` for `model` and `curriculum`.
 pub fn plan(budget: &Budget, preset: &str, model: &LlamaConfig, curriculum: &Curriculum) -> Plan {
+    let curriculum = &resolved(curriculum, budget);
     let work = cycle_work(model, curriculum);
-    let placements = placements(budget, &work, curriculum.cycle.candidates);
+    let placements = placements(budget, &work, curriculum.cycle.candidates.get());
     let roles = [Role::Generator, Role::Discriminator, Role::Trainer];
     let workers: Vec<(Role, u32)> = roles.iter().map(|&r| (r, placements.iter().filter(|p| p.roles.contains(&r)).count() as u32)).collect();
     let flops_per_second = budget.model.bf16_tflops * 1e12 * MFU;
@@ -240,6 +277,7 @@ pub fn plan(budget: &Budget, preset: &str, model: &LlamaConfig, curriculum: &Cur
         gpu: budget.model.name.clone(),
         devices: budget.count,
         preset: preset.to_string(),
+        candidates: curriculum.cycle.candidates.get(),
         workers,
         placements,
         memory,
@@ -260,6 +298,7 @@ impl Plan {
         let mut out = String::new();
         let gb = |b: u64| b as f64 / 1e9;
         let _ = writeln!(out, "plan for --budget {} ({} x {}), preset {} ({:.2}M parameters); nothing is trained (--dry-run)", self.budget, self.devices, self.gpu, self.preset, self.memory.params as f64 / 1e6);
+        let _ = writeln!(out, "candidates per cycle: {}", self.candidates);
         let _ = writeln!(out, "workers:");
         for (role, n) in &self.workers {
             let devices: Vec<u32> = self.placements.iter().filter(|p| p.roles.contains(role)).map(|p| p.device).collect();
@@ -378,7 +417,9 @@ mod tests {
         assert!((p40.usd_per_hour - 40.0 * 0.34).abs() < 1e-9);
         assert!((p40.usd_per_cycle - p40.usd_per_hour * p40.cycle_seconds / 3600.0).abs() < 1e-12);
         let trainer = p40.role_seconds.iter().find(|(r, _)| *r == Role::Trainer).unwrap().1;
-        assert!((trainer - p40.work.trainer_flops / (165e12 * MFU)).abs() < 1e-12);
+        // `candidates = "auto"`: a trainer per candidate, each training one.
+        assert_eq!(p40.candidates, AUTO_CANDIDATES_MAX);
+        assert!((trainer - p40.work.trainer_flops / (p40.candidates as f64 * 165e12 * MFU)).abs() < 1e-12);
         assert!(p40.cycle_seconds <= p40.cycle_latency_seconds && p40.cycle_seconds >= trainer);
         assert_eq!(p40.cycles_in_duration, Some((12.0 * 3600.0 / p40.cycle_seconds).floor() as u64));
         // Twice the throughput per device halves the time; one device does everything in turn.

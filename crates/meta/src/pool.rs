@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::control::{ControlPlane, Job, JobResult, RunDescription};
 use crate::plan::{Placement, Role};
 use crate::slurm::SlurmWorkers;
-use crate::roles::{EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, Pending, RecompressJob, RecompressResult, TrainJob, TrainResult, TrainerRole};
+use crate::roles::{EvaluatorRole, Evaluation, GenerateJob, GenerateResult, GeneratorRole, JudgeJob, JudgeResult, Pending, RecalibrateJob, RecompressJob, RecompressResult, TrainJob, TrainResult, TrainerRole};
 use crate::Error;
 use evolve_trainer::StepInfo;
 
@@ -88,6 +88,63 @@ impl RemoteRoles {
     }
 }
 
+/// A cycle's candidates under way: their trainings, then the judge's, queued in that order
+/// (see [`RemoteRoles::start_candidates`]).
+pub(crate) struct CandidatesUnderWay {
+    plane: Arc<ControlPlane>,
+    trainings: Vec<tokio::sync::oneshot::Receiver<Result<JobResult, String>>>,
+    judge: Option<tokio::sync::oneshot::Receiver<Result<JobResult, String>>>,
+}
+
+/// Each candidate's training and the evaluations of its snapshots (in their order).
+pub(crate) type Evaluated = Vec<(TrainResult, Vec<Evaluation>)>;
+
+impl RemoteRoles {
+    /// Queues every candidate's training, then `judge` (trained beside them); whatever the
+    /// caller queues next waits behind the cycle's critical jobs.
+    pub(crate) fn start_candidates(&self, jobs: &[TrainJob], judge: Option<&JudgeJob>) -> CandidatesUnderWay {
+        let trainings = jobs.iter().map(|j| self.0.submit(Job::Train(j.clone()))).collect();
+        let judge = judge.map(|j| self.0.submit(Job::Judge(j.clone())));
+        CandidatesUnderWay { plane: self.0.clone(), trainings, judge }
+    }
+}
+
+impl CandidatesUnderWay {
+    /// Waits for every candidate and its evaluations, and for the judge. A candidate's
+    /// snapshots are queued for evaluation the moment its training ends, while the others still
+    /// train: no worker waits for the slowest candidate before evaluating. The results are the
+    /// ones a sequential run computes; only their timing differs.
+    pub(crate) fn evaluated(self) -> (Result<Evaluated, Error>, Option<Result<JudgeResult, Error>>) {
+        let CandidatesUnderWay { plane, trainings, judge } = self;
+        std::thread::scope(|scope| {
+            let chains: Vec<_> = trainings
+                .into_iter()
+                .map(|training| {
+                    let plane = &plane;
+                    scope.spawn(move || -> Result<(TrainResult, Vec<Evaluation>), Error> {
+                        let trained = match wait(training)? {
+                            JobResult::Train(r) => r,
+                            other => return Err(mismatch("train", &other)),
+                        };
+                        let checkpoints = trained.snapshots.iter().map(|s| Job::Evaluate { checkpoint: s.checkpoint.clone() });
+                        let evaluations = RemoteRoles(plane.clone()).call_all(checkpoints, "evaluate", |r| match r {
+                            JobResult::Evaluate(r) => Ok(r),
+                            other => Err(other),
+                        })?;
+                        Ok((trained, evaluations))
+                    })
+                })
+                .collect();
+            let judged = judge.map(|j| match wait(j)? {
+                JobResult::Judge(r) => Ok(r),
+                other => Err(mismatch("judge", &other)),
+            });
+            let evaluated = chains.into_iter().map(|c| c.join().unwrap_or_else(|_| Err(Error::Invalid("a candidate's waiting thread panicked".into())))).collect();
+            (evaluated, judged)
+        })
+    }
+}
+
 /// Blocks (this tokio worker thread) until a submitted job's result arrives.
 fn wait(waiting: tokio::sync::oneshot::Receiver<Result<JobResult, String>>) -> Result<JobResult, Error> {
     tokio::task::block_in_place(|| waiting.blocking_recv())
@@ -108,9 +165,21 @@ fn mismatch(wanted: &str, got: &JobResult) -> Error {
 
 impl GeneratorRole for RemoteRoles {
     fn generate(&mut self, job: &GenerateJob) -> Result<GenerateResult, Error> {
-        match self.call(Job::Generate(job.clone()))? {
+        self.start_generate(job).wait()
+    }
+
+    fn start_generate(&mut self, job: &GenerateJob) -> Pending<GenerateResult> {
+        let waiting = self.0.submit(Job::Generate(job.clone()));
+        Pending::later(move || match wait(waiting)? {
             JobResult::Generate(r) => Ok(r),
             other => Err(mismatch("generate", &other)),
+        })
+    }
+
+    fn recalibrate(&mut self, job: &RecalibrateJob) -> Result<GenerateResult, Error> {
+        match self.call(Job::Recalibrate(job.clone()))? {
+            JobResult::Generate(r) => Ok(r),
+            other => Err(mismatch("recalibrate", &other)),
         }
     }
 }

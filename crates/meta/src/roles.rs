@@ -204,10 +204,41 @@ pub struct GenerateResult {
     pub synthesis: Vec<SkillSynthesis>,
     pub mine_ms: f64,
     pub synthesize_ms: f64,
+    /// Every scored candidate of an adversarial synthesis (an [`ExampleBatch`] with their pass
+    /// rates), from which [`GeneratorRole::recalibrate`] chooses again; none for uniform batches,
+    /// which no model shapes.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// A generation made against one checkpoint, calibrated again on another (its child): the
+/// pool's candidates are sampled anew and the batch chosen again, under the same quotas.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecalibrateJob {
+    pub cycle: u32,
+    /// The checkpoint the batch is for.
+    pub parent: String,
+    pub pool: String,
+    /// The generation's synthesis report: its mutation counts stand.
+    pub synthesis_report: Vec<SkillSynthesis>,
+    /// The generation's judgements: the recalibration's join them (`JUDGEMENTS_KIND`).
+    pub judgements: String,
+    pub synthesis: SynthesisConfig,
+    pub seed: u64,
+    pub judge: Option<String>,
+    pub unverifiable: Vec<String>,
+    pub accept_score: f32,
 }
 
 pub trait GeneratorRole {
     fn generate(&mut self, job: &GenerateJob) -> Result<GenerateResult, Error>;
+    /// A generation that may finish later (a pool's worker makes it while the caller goes on).
+    fn start_generate(&mut self, job: &GenerateJob) -> Pending<GenerateResult> {
+        Pending::ready(self.generate(job))
+    }
+    /// The batch of the generation `job.pool` came from, recalibrated on `job.parent`; its
+    /// mining is the generation's, not repeated here (empty).
+    fn recalibrate(&mut self, job: &RecalibrateJob) -> Result<GenerateResult, Error>;
 }
 
 pub struct LocalGenerator(pub Arc<Context>);
@@ -231,19 +262,51 @@ impl GeneratorRole for LocalGenerator {
         let mine_ms = started.elapsed().as_secs_f64() * 1e3;
         let started = std::time::Instant::now();
         let exclude = Exclusions { held_out: &ctx.held_out, history: &history };
-        let (accepted, per_skill, mut judgements) = match job.sampling {
+        let (accepted, per_skill, mut judgements, pool) = match job.sampling {
             ExampleSampling::Adversarial => {
                 let s = synthesize(&model, &ctx.skills, &mining.failures, &job.synthesis, &exclude, &judges, &mut rng, &ctx.device);
-                (s.accepted, s.per_skill, s.judgements)
+                (s.accepted, s.per_skill, s.judgements, Some(s.pool))
             }
-            ExampleSampling::Uniform => ctx.uniform_examples(job, &exclude, &mut rng),
+            ExampleSampling::Uniform => {
+                let (accepted, per_skill, judgements) = ctx.uniform_examples(job, &exclude, &mut rng);
+                (accepted, per_skill, judgements, None)
+            }
         };
         let synthesize_ms = started.elapsed().as_secs_f64() * 1e3;
         judgements.extend(mining.judgements);
-        let batch = ExampleBatch { pass_rates: accepted.iter().map(|c| c.pass_rate).collect(), problems: accepted.into_iter().map(|c| c.problem).collect() };
-        let hash = ctx.store.put(EXAMPLES_KIND, &serde_json::to_vec(&batch)?)?;
+        let pool = pool.map(|pool| ctx.store_batch(pool)).transpose()?;
+        let examples = accepted.len();
+        let batch = ctx.store_batch(accepted)?;
         let judgements = ctx.store.put(JUDGEMENTS_KIND, &serde_json::to_vec(&judgements)?)?;
-        Ok(GenerateResult { batch: hash, judgements, examples: batch.problems.len(), mining: mining.stats, synthesis: per_skill, mine_ms, synthesize_ms })
+        Ok(GenerateResult { batch, judgements, examples, mining: mining.stats, synthesis: per_skill, mine_ms, synthesize_ms, pool })
+    }
+
+    fn recalibrate(&mut self, job: &RecalibrateJob) -> Result<GenerateResult, Error> {
+        let ctx = &self.0;
+        let started = std::time::Instant::now();
+        let model = ctx.load_model(&job.parent)?;
+        let pool: ExampleBatch = serde_json::from_slice(&ctx.store.get(&job.pool, EXAMPLES_KIND)?)?;
+        let learned = job.judge.as_deref().map(|hash| ctx.load_judge(hash)).transpose()?;
+        let unverifiable: HashSet<String> = job.unverifiable.iter().cloned().collect();
+        let judges = Judges { verifier: &ctx.verifier, learned: learned.as_ref(), unverifiable: &unverifiable, accept_score: job.accept_score };
+        let mut rng = StdRng::seed_from_u64(job.seed);
+        let s = evolve_generator::recalibrate(&model, pool.problems, &job.synthesis, &job.synthesis_report, &judges, &mut rng, &ctx.device);
+        let pool = ctx.store_batch(s.pool)?;
+        let examples = s.accepted.len();
+        let batch = ctx.store_batch(s.accepted)?;
+        let mut judgements = ctx.load_judgements(&job.judgements)?;
+        judgements.extend(s.judgements);
+        let judgements = ctx.store.put(JUDGEMENTS_KIND, &serde_json::to_vec(&judgements)?)?;
+        let synthesize_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(GenerateResult { batch, judgements, examples, mining: Vec::new(), synthesis: s.per_skill, mine_ms: 0.0, synthesize_ms, pool: Some(pool) })
+    }
+}
+
+impl Context {
+    /// Stores candidates as an [`ExampleBatch`]; its hash.
+    fn store_batch(&self, candidates: Vec<Candidate>) -> Result<String, Error> {
+        let batch = ExampleBatch { pass_rates: candidates.iter().map(|c| c.pass_rate).collect(), problems: candidates.into_iter().map(|c| c.problem).collect() };
+        Ok(self.store.put(EXAMPLES_KIND, &serde_json::to_vec(&batch)?)?)
     }
 }
 
@@ -689,6 +752,33 @@ pub struct RecompressJob {
     pub checkpoint: String,
     pub parent: Option<String>,
     pub calibration_seed: u64,
+    /// The copies this job makes: `None`, all of them; a pool makes them as separate jobs
+    /// (see [`RecompressJob::parts`]), so they spread over the workers.
+    #[serde(default)]
+    pub part: Option<RecompressPart>,
+}
+
+/// One share of a recompression: the lossless copies, or one quantized copy by name (one of
+/// [`QUANTIZED`]; the activation-aware one calibrates first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecompressPart {
+    Lossless,
+    Quantized(String),
+}
+
+impl RecompressJob {
+    /// The job split into its parts, in the order their copies are recorded.
+    pub fn parts(&self) -> Vec<RecompressJob> {
+        std::iter::once(RecompressPart::Lossless)
+            .chain(QUANTIZED.iter().map(|(name, _, _)| RecompressPart::Quantized(name.to_string())))
+            .map(|part| RecompressJob { part: Some(part), ..self.clone() })
+            .collect()
+    }
+
+    fn makes(&self, part: &RecompressPart) -> bool {
+        self.part.as_ref().is_none_or(|p| p == part)
+    }
 }
 
 /// One stored copy of a checkpoint.
@@ -718,16 +808,31 @@ pub struct RecompressResult {
     pub calibration_layers: usize,
 }
 
+impl RecompressResult {
+    /// The parts' results as one, in the parts' order.
+    pub fn merged(parts: Vec<RecompressResult>) -> RecompressResult {
+        parts.into_iter().fold(RecompressResult { copies: Vec::new(), calibrate_ms: 0.0, calibration_layers: 0 }, |mut all, part| {
+            all.copies.extend(part.copies);
+            all.calibrate_ms += part.calibrate_ms;
+            all.calibration_layers = all.calibration_layers.max(part.calibration_layers);
+            all
+        })
+    }
+}
+
 impl Context {
     /// Every lossless copy is decoded again and must hash to the checkpoint before it is
     /// stored; lineage stays on the lossless checkpoint, nothing trains from a quantized copy.
     pub fn recompress(&self, job: &RecompressJob) -> Result<RecompressResult, Error> {
         let checkpoint = &job.checkpoint;
         let raw = self.store.get(checkpoint, CHECKPOINT_KIND)?;
-        let parent_raw = job.parent.as_ref().map(|p| self.store.get(p, CHECKPOINT_KIND)).transpose()?;
+        let parent_raw = job.parent.as_ref().filter(|_| job.makes(&RecompressPart::Lossless)).map(|p| self.store.get(p, CHECKPOINT_KIND)).transpose()?;
         let mut codecs = vec![(Codec::EvolveFp, None), (Codec::Zstd, None)];
         if let (Some(p), Some(bytes)) = (&job.parent, parent_raw.as_ref()) {
             codecs.push((Codec::EvolveFp, Some((p, bytes))));
+        }
+        if !job.makes(&RecompressPart::Lossless) {
+            codecs.clear();
         }
         let mut copies = Vec::new();
         for (codec, against) in codecs {
@@ -754,12 +859,16 @@ impl Context {
                 eval_ms: 0.0,
             });
         }
+        let quantized_copies: Vec<_> = QUANTIZED.into_iter().filter(|(name, _, _)| job.makes(&RecompressPart::Quantized(name.to_string()))).collect();
         let t = std::time::Instant::now();
-        let model = self.load_model(checkpoint)?;
-        let calibration = self.calibration_stats(&model, CALIBRATION_PER_LEVEL, job.calibration_seed);
-        drop(model);
+        let calibration = if quantized_copies.iter().any(|(_, _, awq)| *awq) {
+            let model = self.load_model(checkpoint)?;
+            self.calibration_stats(&model, CALIBRATION_PER_LEVEL, job.calibration_seed)
+        } else {
+            HashMap::new()
+        };
         let calibrate_ms = t.elapsed().as_secs_f64() * 1e3;
-        for (name, scheme, awq) in QUANTIZED {
+        for (name, scheme, awq) in quantized_copies {
             let t = std::time::Instant::now();
             let no_calibration = HashMap::new();
             let quantized = quantize_checkpoint(&raw, scheme, if awq { &calibration } else { &no_calibration })?;

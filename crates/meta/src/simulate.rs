@@ -111,6 +111,9 @@ impl RoleJob for SimulatedJob {
 enum Action {
     Submit(usize),
     Await(Vec<usize>),
+    /// Each `(training, evaluations)`: the evaluations are queued when the training is done;
+    /// over when every evaluation is.
+    Chain(Vec<(usize, Vec<usize>)>),
 }
 
 /// The jobs of a run on one device of the budget each, and the controller's script over them.
@@ -119,7 +122,7 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
     let p = model.num_params() as f64;
     let c = &curriculum.cycle;
     let snapshots = if c.snapshot_every == 0 { 1 } else { c.train_steps.div_ceil(c.snapshot_every) };
-    let candidates = c.candidates.max(1);
+    let candidates = c.candidates.get();
     let evaluate = plan.work.discriminator_flops / (snapshots * candidates + 3) as f64 / flops_per_second;
     let generate = plan.work.generator_flops / flops_per_second;
     // The plan's trainer work covers every candidate.
@@ -127,8 +130,12 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
     let pretrain = 6.0 * p * seq * (curriculum.pretrain.batch_size * curriculum.pretrain.steps) as f64 / flops_per_second;
     // The learned judge: 2 layers at d=64 over bytes, about 0.1M parameters, batches of 32.
     let judge = 6.0 * 1e5 * seq * 32.0 * curriculum.discriminator.train_steps as f64 / flops_per_second;
-    // Recompression's FLOPs are its three quantized copies' evaluations.
-    let recompress = 3.0 * evaluate;
+    // Recompression's FLOPs are its three quantized copies' evaluations, one part each (the
+    // lossless part's coding is not counted).
+    let recompress = vec![(Role::Discriminator, evaluate); 3];
+    // Recalibration samples the pool again: the synthesis share of a generation's sequences.
+    let sampled = (c.mutations_per_failure * c.samples_k) as f64;
+    let recalibrate = generate * sampled / (1.0 + sampled);
     let (g, d, t) = (Role::Generator, Role::Discriminator, Role::Trainer);
     let mut jobs: Vec<SimulatedJob> = Vec::new();
     let mut script = Vec::new();
@@ -140,32 +147,51 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
         script.extend(ids.iter().map(|&i| Action::Submit(i)));
         ids
     };
-    for specs in [[(t, pretrain)], [(d, evaluate)], [(d, recompress)], [(g, generate)], [(d, judge)]] {
+    // The base: its candidates pretrain at once, all are evaluated, then the judge's first data
+    // and training; its recompression runs during cycle 1, like every accepted cycle's.
+    let bases: Vec<(Role, f64)> = (0..curriculum.pretrain.candidates.get()).map(|_| (t, pretrain)).collect();
+    let base_evaluations: Vec<(Role, f64)> = (0..bases.len()).map(|_| (d, evaluate)).collect();
+    for specs in [bases, base_evaluations, vec![(g, generate)], vec![(d, judge)]] {
         let ids = stage(&mut jobs, &mut script, 0, &specs);
         script.push(Action::Await(ids));
     }
     let overlap_judge = curriculum.unverifiable().is_empty();
+    // Cycle 1's generation is made at its start; each later one while the cycle before trains.
+    let mut generation = stage(&mut jobs, &mut script, 1, &[(g, generate)]);
     for cycle in 1..=cycles {
-        // The previous accepted cycle's recompression (every cycle is taken as accepted).
-        let recompressing = (cycle > 1).then(|| stage(&mut jobs, &mut script, cycle, &[(d, recompress)]));
-        let ids = stage(&mut jobs, &mut script, cycle, &[(g, generate)]);
-        script.push(Action::Await(ids));
-        let trainings: Vec<(Role, f64)> = (0..candidates).map(|_| (t, train)).collect();
-        if overlap_judge {
-            let ids = stage(&mut jobs, &mut script, cycle, &[[(d, judge)].as_slice(), &trainings].concat());
+        script.push(Action::Await(generation.clone()));
+        if cycle > 1 {
+            // Made against the previous cycle's parent; recalibrated on its child (every cycle
+            // is taken as accepted).
+            let ids = stage(&mut jobs, &mut script, cycle, &[(g, recalibrate)]);
             script.push(Action::Await(ids));
-        } else {
-            for specs in [vec![(d, judge)], trainings] {
-                let ids = stage(&mut jobs, &mut script, cycle, &specs);
-                script.push(Action::Await(ids));
-            }
         }
-        let evaluations: Vec<(Role, f64)> = (0..snapshots * candidates).map(|_| (d, evaluate)).collect();
-        let ids = stage(&mut jobs, &mut script, cycle, &evaluations);
-        script.push(Action::Await(ids));
-        script.extend(recompressing.map(Action::Await));
+        if !overlap_judge {
+            let ids = stage(&mut jobs, &mut script, cycle, &[(d, judge)]);
+            script.push(Action::Await(ids));
+        }
+        let trainings = stage(&mut jobs, &mut script, cycle, &vec![(t, train); candidates]);
+        let judging = if overlap_judge { stage(&mut jobs, &mut script, cycle, &[(d, judge)]) } else { Vec::new() };
+        if cycle < cycles {
+            generation = stage(&mut jobs, &mut script, cycle + 1, &[(g, generate)]);
+        }
+        // The previous accepted cycle's recompression, queued behind the cycle's critical jobs.
+        let recompressing = stage(&mut jobs, &mut script, cycle, &recompress);
+        let chains = trainings
+            .into_iter()
+            .map(|training| {
+                let evaluations: Vec<usize> = (0..snapshots).map(|_| {
+                    jobs.push(SimulatedJob { role: d, cycle, seconds: evaluate });
+                    jobs.len() - 1
+                }).collect();
+                (training, evaluations)
+            })
+            .collect();
+        script.push(Action::Chain(chains));
+        script.push(Action::Await(judging));
+        script.push(Action::Await(recompressing));
     }
-    let ids = stage(&mut jobs, &mut script, cycles, &[(d, recompress)]);
+    let ids = stage(&mut jobs, &mut script, cycles, &recompress);
     script.push(Action::Await(ids));
     (jobs, script)
 }
@@ -263,6 +289,8 @@ fn run(options: &SimulateOptions, plan: &Plan, jobs: &[SimulatedJob], script: &[
     let mut at = 0usize;
     let mut submitted: BTreeMap<u64, usize> = BTreeMap::new();
     let mut done = vec![false; jobs.len()];
+    // Evaluations a `Chain` has queued.
+    let mut chained = vec![false; jobs.len()];
     while at < script.len() {
         // The controller's turn: everything up to a wait whose jobs are not all done.
         while let Some(action) = script.get(at) {
@@ -274,6 +302,20 @@ fn run(options: &SimulateOptions, plan: &Plan, jobs: &[SimulatedJob], script: &[
                 }
                 Action::Await(ids) if ids.iter().all(|&i| done[i]) => {}
                 Action::Await(_) => break,
+                Action::Chain(chains) => {
+                    let ready: Vec<&Vec<usize>> = chains.iter().filter(|(t, e)| done[*t] && e.iter().all(|&i| !chained[i])).map(|(_, e)| e).collect();
+                    for evaluations in ready {
+                        for &i in evaluations {
+                            chained[i] = true;
+                            let id = timed!(now, queue.submit(jobs[i].cycle, jobs[i].clone(), now));
+                            submitted.insert(id, i);
+                            push(&mut events, now + FALLBACK, Event::Fallback);
+                        }
+                    }
+                    if !chains.iter().all(|(_, e)| e.iter().all(|&i| done[i])) {
+                        break;
+                    }
+                }
             }
             at += 1;
         }
@@ -410,7 +452,7 @@ impl SimulationReport {
 /// with one death per ten workers at random moments of the calm run's wall time.
 pub fn simulate_budget(budget: &Budget, curriculum_path: &std::path::Path, cycles: Option<u32>) -> Result<(SimulationReport, SimulationReport), crate::Error> {
     let plan = crate::plan::plan_for(budget, curriculum_path)?;
-    let curriculum = Curriculum::load(curriculum_path)?;
+    let curriculum = crate::plan::resolved(&Curriculum::load(curriculum_path)?, budget);
     let model = evolve_model::preset(&curriculum.preset).expect("plan_for checked the preset")?;
     let cycles = cycles.unwrap_or(curriculum.cycle.max_cycles);
     let mut options = SimulateOptions { budget: budget.clone(), cycles, seed: curriculum.seed, death_window: None };
@@ -430,7 +472,7 @@ mod tests {
         let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../curricula/smoke.toml"));
         let budget = Budget::parse(spec).unwrap();
         let plan = crate::plan::plan_for(&budget, path).unwrap();
-        let curriculum = Curriculum::load(path).unwrap();
+        let curriculum = crate::plan::resolved(&Curriculum::load(path).unwrap(), &budget);
         let model = evolve_model::preset(&curriculum.preset).unwrap().unwrap();
         (budget, plan, model, curriculum)
     }
@@ -439,7 +481,11 @@ mod tests {
     /// the network hops of the controller's waits.
     #[test]
     fn a_calm_pool_runs_every_job_once() {
-        let (budget, plan, model, curriculum) = setup("40xRTX4090");
+        let (budget, _, model, mut curriculum) = setup("40xRTX4090");
+        // Few enough candidates that every evaluation of a wait has its own worker.
+        curriculum.cycle.candidates = evolve_curriculum::Candidates::Count(4);
+        curriculum.pretrain.candidates = evolve_curriculum::Candidates::Count(4);
+        let plan = crate::plan::plan(&budget, "tiny", &model, &curriculum);
         let options = SimulateOptions { budget, cycles: 3, seed: 1, death_window: None };
         let report = simulate(&options, &plan, &model, &curriculum);
         let flops = options.budget.model.bf16_tflops * 1e12 * MFU;
@@ -455,12 +501,19 @@ mod tests {
             match action {
                 Action::Submit(i) => submitted_at[*i] = t,
                 Action::Await(ids) => t = ids.iter().map(|&i| submitted_at[i] + jobs[i].seconds).fold(t, f64::max),
+                Action::Chain(chains) => {
+                    for (training, evaluations) in chains {
+                        let trained = submitted_at[*training] + jobs[*training].seconds;
+                        t = evaluations.iter().map(|&i| trained + jobs[i].seconds).fold(t, f64::max);
+                    }
+                }
             }
         }
         // Durations on the simulated clock are whole nanoseconds.
         assert!((report.work_seconds - t).abs() < 1e-6, "ideal {} vs critical path {t}", report.work_seconds);
         // Waits on jobs still running cost the lease's and the result's hop each.
-        let waits = script.iter().filter(|a| matches!(a, Action::Await(_))).count();
+        // A chain waits twice: for the training, then for its evaluations.
+        let waits: usize = script.iter().map(|a| match a { Action::Await(_) => 1, Action::Chain(_) => 2, Action::Submit(_) => 0 }).sum();
         let hop = NETWORK_ONE_WAY.as_secs_f64();
         assert!(report.wall_seconds > t + 2.0 * hop && report.wall_seconds < t + 4.0 * hop * waits as f64, "{report:?}");
         assert_eq!(report.devices, 40);

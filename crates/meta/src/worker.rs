@@ -148,6 +148,7 @@ pub fn work(options: WorkerOptions) -> Result<(), Error> {
         };
         let result = match lease.job {
             Job::Generate(job) => generator.generate(&job).map(JobResult::Generate),
+            Job::Recalibrate(job) => generator.recalibrate(&job).map(JobResult::Generate),
             Job::Train(job) => trainer.train(&job, &mut |_| {}).map(JobResult::Train),
             Job::Evaluate { checkpoint } => evaluator.evaluate(&checkpoint).map(JobResult::Evaluate),
             Job::Judge(job) => evaluator.judge(&job).map(JobResult::Judge),

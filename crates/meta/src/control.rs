@@ -67,11 +67,20 @@ pub enum Job {
 /// What the scheduler needs of a job: which role's workers may take it.
 pub(crate) trait RoleJob: Clone {
     fn role(&self) -> Role;
+    /// A background job (recompression) goes to a worker only when no other job it could take
+    /// waits: the cycle's critical jobs, queued later, pass it.
+    fn background(&self) -> bool {
+        false
+    }
 }
 
 impl RoleJob for Job {
     fn role(&self) -> Role {
         Job::role(self)
+    }
+
+    fn background(&self) -> bool {
+        matches!(self, Job::Recompress(_))
     }
 }
 
@@ -214,7 +223,13 @@ impl<J: RoleJob> Queue<J> {
         self.workers.insert(worker.to_string(), now);
         self.roles_of.insert(worker.to_string(), roles.to_vec());
         self.dead.remove(worker);
-        let at = self.pending.iter().position(|p| roles.contains(&p.job.role())).or_else(|| self.pending.iter().position(|p| self.anyones(p, now)))?;
+        // Its own role's jobs first, then anyone's that waited; background jobs after both.
+        let own = |p: &PendingJob<J>| roles.contains(&p.job.role());
+        let pick = |background: bool| {
+            let of_kind = |p: &PendingJob<J>| p.job.background() == background;
+            self.pending.iter().position(|p| of_kind(p) && own(p)).or_else(|| self.pending.iter().position(|p| of_kind(p) && self.anyones(p, now)))
+        };
+        let at = pick(false).or_else(|| pick(true))?;
         let pending = self.pending.remove(at);
         self.next_id += 1;
         let lease = self.next_id;

@@ -483,9 +483,26 @@ impl Controller {
             seed: c.seed,
         };
         let jobs: Vec<TrainJob> = (0..c.pretrain.candidates.get()).map(|k| candidate_job(&job, c.seed, k)).collect();
-        let trained = self.train_many(&jobs, "pretrain").await?;
+        let (trained, mut evaluations) = match self.pool.as_ref().map(|p| RemoteRoles(p.plane.clone())) {
+            // Each base is evaluated the moment its pretraining ends.
+            Some(remote) if jobs.len() > 1 => {
+                let started = now_iso();
+                let t = Instant::now();
+                let (trained, evaluations): (Vec<TrainResult>, Vec<Vec<Evaluation>>) = remote.start_candidates(&jobs, None).evaluated().0?.into_iter().unzip();
+                self.record_training(&jobs, &trained, "pretrain", &started).await?;
+                let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
+                let evaluations: Vec<Evaluation> = evaluations.into_iter().flatten().collect();
+                self.record_evaluations(0, &bases, &evaluations, &started, t.elapsed().as_secs_f64() * 1e3).await?;
+                (trained, evaluations)
+            }
+            _ => {
+                let trained = self.train_many(&jobs, "pretrain").await?;
+                let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
+                let evaluations = self.evaluate_many(0, &bases).await?;
+                (trained, evaluations)
+            }
+        };
         let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
-        let mut evaluations = self.evaluate_many(0, &bases).await?;
         // The base is what pretraining taught best: the mastered suites (ties: the first).
         let mastered: Vec<f64> = evaluations.iter().map(|e| mean_accuracy(e, SuiteRole::Mastered)).collect();
         let chosen = (0..bases.len()).fold(0, |best, k| if mastered[k] > mastered[best] { k } else { best });
@@ -499,6 +516,11 @@ impl Controller {
         let evaluation = evaluations.swap_remove(chosen);
         let base = trained[chosen].last();
         self.record_checkpoint(&base.checkpoint, None).await?;
+        if self.ctx.curriculum.unverifiable().is_empty() {
+            // Cycle 1's examples (mined on the base) are made while the judge's first training
+            // runs; with a judge-decided skill they need that judge, and wait for it.
+            self.prepare_next_generation(0, &base.checkpoint, &[]);
+        }
         let gap = self.bootstrap_judge(&base.checkpoint).await?;
         self.commit(0, CycleStatus::Accepted, base, &evaluation, Vec::new(), reason, gap, Vec::new()).await?;
         if self.pool.is_some() {

@@ -97,11 +97,16 @@ struct SimulatedJob {
     role: Role,
     cycle: u32,
     seconds: f64,
+    background: bool,
 }
 
 impl RoleJob for SimulatedJob {
     fn role(&self) -> Role {
         self.role
+    }
+
+    fn background(&self) -> bool {
+        self.background
     }
 }
 
@@ -141,7 +146,7 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
     let mut script = Vec::new();
     let stage = |jobs: &mut Vec<SimulatedJob>, script: &mut Vec<Action>, cycle: u32, specs: &[(Role, f64)]| -> Vec<usize> {
         let ids: Vec<usize> = specs.iter().map(|&(role, seconds)| {
-            jobs.push(SimulatedJob { role, cycle, seconds });
+            jobs.push(SimulatedJob { role, cycle, seconds, background: false });
             jobs.len() - 1
         }).collect();
         script.extend(ids.iter().map(|&i| Action::Submit(i)));
@@ -177,11 +182,14 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
         }
         // The previous accepted cycle's recompression, queued behind the cycle's critical jobs.
         let recompressing = stage(&mut jobs, &mut script, cycle, &recompress);
+        for &i in &recompressing {
+            jobs[i].background = true;
+        }
         let chains = trainings
             .into_iter()
             .map(|training| {
                 let evaluations: Vec<usize> = (0..snapshots).map(|_| {
-                    jobs.push(SimulatedJob { role: d, cycle, seconds: evaluate });
+                    jobs.push(SimulatedJob { role: d, cycle, seconds: evaluate, background: false });
                     jobs.len() - 1
                 }).collect();
                 (training, evaluations)
@@ -192,6 +200,9 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
         script.push(Action::Await(recompressing));
     }
     let ids = stage(&mut jobs, &mut script, cycles, &recompress);
+    for &i in &ids {
+        jobs[i].background = true;
+    }
     script.push(Action::Await(ids));
     (jobs, script)
 }

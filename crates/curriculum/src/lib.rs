@@ -485,4 +485,30 @@ mod tests {
         let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
         assert!(err.contains("agem") && err.contains("none"), "{err}");
     }
+
+    /// `candidates` is `"auto"` unless a count is written; a count outside 1..=64 or another
+    /// word is refused with the field named.
+    #[test]
+    fn candidates_are_auto_or_a_count() {
+        let c = Curriculum::parse(SMOKE, "c.toml").unwrap();
+        assert_eq!((c.cycle.candidates, c.pretrain.candidates), (Candidates::Auto, Candidates::Auto));
+        let with = |cycle: &str, pretrain: &str| {
+            let text = SMOKE.replacen("surgery = \"agem\"", &format!("surgery = \"agem\"\ncandidates = {cycle}"), 1).replacen("[pretrain]", &format!("[pretrain]\ncandidates = {pretrain}"), 1);
+            Curriculum::parse(&text, "c.toml")
+        };
+        let c = with("3", "\"auto\"").unwrap();
+        assert_eq!((c.cycle.candidates, c.pretrain.candidates), (Candidates::Count(3), Candidates::Auto));
+        assert_eq!(c.cycle.candidates.get(), 3);
+        assert_eq!(Candidates::Auto.get(), 1);
+        let err = with("0", "1").unwrap_err().to_string();
+        assert!(err.contains("cycle.candidates") && err.contains("1..=64"), "{err}");
+        let err = with("2", "65").unwrap_err().to_string();
+        assert!(err.contains("pretrain.candidates"), "{err}");
+        let err = with("\"many\"", "1").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("auto"), "{err}");
+        // The count round-trips through the ledger's copy of the curriculum.
+        let c = with("\"auto\"", "4").unwrap();
+        let back: Curriculum = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!((back.cycle.candidates, back.pretrain.candidates), (Candidates::Auto, Candidates::Count(4)));
+    }
 }

@@ -671,6 +671,42 @@ mod tests {
         assert!(q.take("g", &[Role::Generator], t1).is_none());
     }
 
+    fn train_job() -> TrainJob {
+        let train = evolve_trainer::TrainConfig {
+            optimizer: evolve_trainer::OptimizerKind::Adamw,
+            learning_rate: 1e-3,
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            surgery: evolve_trainer::Surgery::None,
+            seed: 0,
+        };
+        TrainJob { cycle: 1, parent: None, examples: None, fresh_levels: Vec::new(), fresh_share: 0.0, steps: 1, batch_size: 1, train, snapshot_every: 0, seed: 0 }
+    }
+
+    /// Recompression is background work: a critical job queued after it goes first, and it is
+    /// taken only when nothing else a worker could take waits (also another role's job past
+    /// the fallback).
+    #[test]
+    fn background_jobs_wait_for_every_critical_job() {
+        let mut q: Queue = Queue::default();
+        let t0 = Duration::from_secs(10);
+        let recompress = RecompressJob { cycle: 1, checkpoint: "c".into(), parent: None, calibration_seed: 0, part: None };
+        q.submit(1, Job::Recompress(recompress), t0);
+        q.submit(1, Job::Evaluate { checkpoint: "a".into() }, t0 + Duration::from_millis(1));
+        let first = q.take("d", &[Role::Discriminator], t0 + Duration::from_millis(2)).unwrap().1;
+        assert!(matches!(first, Job::Evaluate { .. }), "the evaluation queued later goes first: {first:?}");
+        // A trainer's job that waited past the fallback still beats the discriminator's own
+        // background job.
+        q.submit(1, Job::Train(train_job()), t0);
+        let second = q.take("d", &[Role::Discriminator], t0 + FALLBACK).unwrap().1;
+        assert!(matches!(second, Job::Train(_)), "{second:?}");
+        let third = q.take("d", &[Role::Discriminator], t0 + FALLBACK).unwrap().1;
+        assert!(matches!(third, Job::Recompress(_)), "then the background job: {third:?}");
+        assert!(q.take("d", &[Role::Discriminator], t0 + FALLBACK).is_none());
+    }
+
     #[tokio::test]
     async fn a_public_address_needs_a_token_and_requests_must_carry_it() {
         let refused = ControlPlane::serve(SocketAddr::from(([0, 0, 0, 0], 0)), None, description()).await.err().unwrap().to_string();

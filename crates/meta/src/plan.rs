@@ -408,6 +408,18 @@ mod tests {
         assert_eq!(memory(&Budget::parse("1xcpu").unwrap(), &model, 64).capacity, None);
     }
 
+    /// `auto`: one candidate per device free beside the judge (all of them when the judge
+    /// trains first), capped; one process trains one; a count stays as written.
+    #[test]
+    fn auto_candidates_fill_the_free_workers() {
+        let auto = |spec: &str, judge_first: bool| auto_candidates(Candidates::Auto, &Budget::parse(spec).unwrap(), judge_first);
+        assert_eq!((auto("1xcpu", false), auto("4xcpu", false), auto("4xcpu", true)), (1, 3, 4));
+        assert_eq!((auto("40xRTX4090", false), auto("3xRTX4090", false), auto("20xcpu", false)), (AUTO_CANDIDATES_MAX, 1, AUTO_CANDIDATES_MAX));
+        assert_eq!(auto_candidates(Candidates::Count(5), &Budget::parse("1xcpu").unwrap(), false), 5);
+        let c = resolved(&curriculum(), &Budget::parse("4xcpu").unwrap());
+        assert_eq!((c.cycle.candidates, c.pretrain.candidates), (Candidates::Count(3), Candidates::Count(4)), "bases: every worker");
+    }
+
     #[test]
     fn cycle_time_and_cost_follow_throughput_and_price() {
         let c = curriculum();

@@ -937,6 +937,81 @@ mod tests {
         spec.iter().map(|(s, l)| (s.to_string(), *l)).collect()
     }
 
+    /// A generation made against one checkpoint and recalibrated on another: the same pool
+    /// scored again (its mutation counts kept), the batch chosen again from it under the skill
+    /// quota, the same result every time.
+    #[test]
+    fn recalibration_chooses_again_from_the_generations_pool() {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        let curriculum = Curriculum::load(&root.join("tests/micro.toml")).unwrap();
+        let config = evolve_model::preset("tiny").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let device = evolve_model::cpu_device();
+        let ctx = Context::new(curriculum.clone(), config.clone(), ArtifactStore::open(dir.path()).unwrap(), device.clone());
+        let checkpoint = |seed: u64| {
+            device.seed(seed);
+            ctx.store_model(&Llama::init(&config, &device)).unwrap().hash
+        };
+        let (mined, child) = (checkpoint(1), checkpoint(2));
+        let c = &curriculum.cycle;
+        let synthesis = SynthesisConfig {
+            mutations_per_failure: c.mutations_per_failure,
+            samples_k: c.samples_k,
+            temperature: c.temperature,
+            window: (c.window[0], c.window[1]),
+            examples: c.examples_per_cycle,
+            max_skill_share: c.max_skill_share,
+            max_format_share: c.max_format_share,
+            skill_weights: BTreeMap::new(),
+            targets: curriculum.frontier(),
+        };
+        let job = GenerateJob {
+            cycle: 2,
+            parent: mined.clone(),
+            targets: curriculum.frontier(),
+            probes_per_level: c.probes_per_level,
+            synthesis: synthesis.clone(),
+            history: Vec::new(),
+            seed: 7,
+            sampling: ExampleSampling::Adversarial,
+            judge: None,
+            unverifiable: Vec::new(),
+            accept_score: 0.5,
+        };
+        let mut generator = LocalGenerator(ctx.clone());
+        let generated = generator.generate(&job).unwrap();
+        let pool: ExampleBatch = serde_json::from_slice(&ctx.store.get(generated.pool.as_ref().unwrap(), EXAMPLES_KIND).unwrap()).unwrap();
+        assert!(generated.examples > 0 && pool.problems.len() >= generated.examples);
+        let recalibrate = RecalibrateJob {
+            cycle: 2,
+            parent: child,
+            pool: generated.pool.clone().unwrap(),
+            synthesis_report: generated.synthesis.clone(),
+            judgements: generated.judgements.clone(),
+            synthesis,
+            seed: 11,
+            judge: None,
+            unverifiable: Vec::new(),
+            accept_score: 0.5,
+        };
+        let again = generator.recalibrate(&recalibrate).unwrap();
+        assert_eq!(again.batch, generator.recalibrate(&recalibrate).unwrap().batch, "deterministic");
+        let batch: ExampleBatch = serde_json::from_slice(&ctx.store.get(&again.batch, EXAMPLES_KIND).unwrap()).unwrap();
+        let prompts: HashSet<&str> = pool.problems.iter().map(|p| p.prompt.as_str()).collect();
+        assert!(batch.problems.iter().all(|p| prompts.contains(p.prompt.as_str())), "chosen from the pool only");
+        assert!(!batch.problems.is_empty() && batch.problems.len() <= c.examples_per_cycle);
+        let quota = (c.max_skill_share * c.examples_per_cycle as f32).floor() as usize;
+        for skill in again.synthesis.iter() {
+            assert!(batch.problems.iter().filter(|p| p.skill == skill.skill).count() <= quota.max(1), "{skill:?}");
+            let before = generated.synthesis.iter().find(|s| s.skill == skill.skill).unwrap();
+            assert_eq!((skill.generated, skill.admitted), (before.generated, before.admitted), "mutation counts kept");
+            assert_eq!(skill.accepted, batch.problems.iter().filter(|p| p.skill == skill.skill).count());
+        }
+        // Its judgements are the generation's and the new samples'.
+        let judgements = ctx.load_judgements(&again.judgements).unwrap().len();
+        assert_eq!(judgements, ctx.load_judgements(&generated.judgements).unwrap().len() + pool.problems.len() * c.samples_k);
+    }
+
     #[test]
     fn pretraining_shares_respect_the_skill_quota() {
         // Refusal at two levels among five skills: 2/6 is under a 0.38 cap, so uniform stands.

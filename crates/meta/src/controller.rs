@@ -539,7 +539,7 @@ impl Controller {
             parent: base.to_string(),
             targets: c.mastered().into_iter().chain(c.frontier()).collect(),
             probes_per_level: c.cycle.probes_per_level,
-            synthesis: self.synthesis_config(BTreeMap::new()),
+            synthesis: self.ctx.synthesis_config(BTreeMap::new()),
             history: Vec::new(),
             seed: cycle_seed(c.seed, 0, 1),
             sampling: ExampleSampling::Adversarial,
@@ -556,20 +556,6 @@ impl Controller {
         Ok(gap)
     }
 
-    fn synthesis_config(&self, skill_weights: BTreeMap<String, f32>) -> evolve_generator::SynthesisConfig {
-        let c = &self.ctx.curriculum.cycle;
-        evolve_generator::SynthesisConfig {
-            mutations_per_failure: c.mutations_per_failure,
-            samples_k: c.samples_k,
-            temperature: c.temperature,
-            window: (c.window[0], c.window[1]),
-            examples: c.examples_per_cycle,
-            max_skill_share: c.max_skill_share,
-            max_format_share: c.max_format_share,
-            skill_weights,
-            targets: self.ctx.curriculum.frontier(),
-        }
-    }
 
     /// Retrains the learned judge on every judgement so far and measures it on the held-out
     /// slice of this cycle's: the proxy gap.
@@ -792,7 +778,7 @@ impl Controller {
             parent: mined.to_string(),
             targets: c.frontier(),
             probes_per_level: c.cycle.probes_per_level,
-            synthesis: self.synthesis_config(skill_weights(&choices)),
+            synthesis: self.ctx.synthesis_config(skill_weights(&choices)),
             history: history.to_vec(),
             seed: cycle_seed(c.seed, cycle, 1),
             sampling: c.cycle.sampling,

@@ -77,6 +77,22 @@ impl Context {
         Arc::new(Context { curriculum, model_config, store, device, skills, suites, refusal, held_out, verifier: Verifier::default() })
     }
 
+    /// The curriculum's synthesis settings, with the policy's effort per skill.
+    pub fn synthesis_config(&self, skill_weights: BTreeMap<String, f32>) -> SynthesisConfig {
+        let c = &self.curriculum.cycle;
+        SynthesisConfig {
+            mutations_per_failure: c.mutations_per_failure,
+            samples_k: c.samples_k,
+            temperature: c.temperature,
+            window: (c.window[0], c.window[1]),
+            examples: c.examples_per_cycle,
+            max_skill_share: c.max_skill_share,
+            max_format_share: c.max_format_share,
+            skill_weights,
+            targets: self.curriculum.frontier(),
+        }
+    }
+
     pub fn skill(&self, name: &str) -> &dyn Skill {
         self.skills.iter().find(|s| s.name() == name).map(|s| s.as_ref()).expect("curriculum validated skill names")
     }
@@ -954,17 +970,7 @@ mod tests {
         };
         let (mined, child) = (checkpoint(1), checkpoint(2));
         let c = &curriculum.cycle;
-        let synthesis = SynthesisConfig {
-            mutations_per_failure: c.mutations_per_failure,
-            samples_k: c.samples_k,
-            temperature: c.temperature,
-            window: (c.window[0], c.window[1]),
-            examples: c.examples_per_cycle,
-            max_skill_share: c.max_skill_share,
-            max_format_share: c.max_format_share,
-            skill_weights: BTreeMap::new(),
-            targets: curriculum.frontier(),
-        };
+        let synthesis = ctx.synthesis_config(BTreeMap::new());
         let job = GenerateJob {
             cycle: 2,
             parent: mined.clone(),

@@ -204,9 +204,7 @@ pub fn synthesize(
     }
 
     let (scored, judgements) = calibrate(model, candidates, config, judges, &mut per_skill, rng, device);
-    let pool = scored.clone();
-    let accepted = select_within_quota(scored, config, &mut per_skill);
-    SynthesisReport { accepted, pool, per_skill: per_skill.into_values().collect(), judgements }
+    choose(scored, judgements, config, per_skill)
 }
 
 /// The pool of a synthesis (every scored candidate, `SynthesisReport::pool`) calibrated again on
@@ -230,6 +228,11 @@ pub fn recalibrate(
         per_skill.entry(p.skill.clone()).or_insert_with(|| SkillSynthesis { skill: p.skill.clone(), ..Default::default() });
     }
     let (scored, judgements) = calibrate(model, pool, config, judges, &mut per_skill, rng, device);
+    choose(scored, judgements, config, per_skill)
+}
+
+/// The batch chosen from scored candidates, with the pool it came from.
+fn choose(scored: Vec<Candidate>, judgements: Vec<Judgement>, config: &SynthesisConfig, mut per_skill: BTreeMap<String, SkillSynthesis>) -> SynthesisReport {
     let pool = scored.clone();
     let accepted = select_within_quota(scored, config, &mut per_skill);
     SynthesisReport { accepted, pool, per_skill: per_skill.into_values().collect(), judgements }

@@ -21,7 +21,7 @@ use crate::budget::{Budget, DeviceChoice};
 use crate::gate::decide;
 use crate::control::RunDescription;
 use crate::lock::RunLock;
-use crate::pool::{Pool, PoolOptions, RemoteRoles};
+use crate::pool::{Evaluated, Pool, PoolOptions, RemoteRoles};
 use crate::resume::{ResumePoint, resume_point};
 use crate::progress::{Choice, CurriculumPolicy, skill_weights};
 use crate::roles::{
@@ -483,26 +483,21 @@ impl Controller {
             seed: c.seed,
         };
         let jobs: Vec<TrainJob> = (0..c.pretrain.candidates.get()).map(|k| candidate_job(&job, c.seed, k)).collect();
-        let (trained, mut evaluations) = match self.pool.as_ref().map(|p| RemoteRoles(p.plane.clone())) {
+        // A pretraining stores only its last weights: one snapshot, the base, per candidate.
+        let (trained, bases, mut evaluations) = match self.pool.as_ref().map(|p| RemoteRoles(p.plane.clone())) {
             // Each base is evaluated the moment its pretraining ends.
             Some(remote) if jobs.len() > 1 => {
-                let started = now_iso();
-                let t = Instant::now();
-                let (trained, evaluations): (Vec<TrainResult>, Vec<Vec<Evaluation>>) = remote.start_candidates(&jobs, None).evaluated().0?.into_iter().unzip();
-                self.record_training(&jobs, &trained, "pretrain", &started).await?;
-                let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
-                let evaluations: Vec<Evaluation> = evaluations.into_iter().flatten().collect();
-                self.record_evaluations(0, &bases, &evaluations, &started, t.elapsed().as_secs_f64() * 1e3).await?;
-                (trained, evaluations)
+                let (started, t) = (now_iso(), Instant::now());
+                let evaluated = remote.start_candidates(&jobs, None).evaluated().0?;
+                self.record_evaluated(0, &jobs, evaluated, "pretrain", &started, t).await?
             }
             _ => {
                 let trained = self.train_many(&jobs, "pretrain").await?;
                 let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
                 let evaluations = self.evaluate_many(0, &bases).await?;
-                (trained, evaluations)
+                (trained, bases, evaluations)
             }
         };
-        let bases: Vec<String> = trained.iter().map(|t| t.last().checkpoint.clone()).collect();
         // The base is what pretraining taught best: the mastered suites (ties: the first).
         let mastered: Vec<f64> = evaluations.iter().map(|e| mean_accuracy(e, SuiteRole::Mastered)).collect();
         let chosen = (0..bases.len()).fold(0, |best, k| if mastered[k] > mastered[best] { k } else { best });
@@ -661,11 +656,8 @@ impl Controller {
                 pool,
                 synthesis_report: generated.synthesis.clone(),
                 judgements: generated.judgements.clone(),
-                synthesis: generation.job.synthesis.clone(),
+                generation: generation.job.clone(),
                 seed: cycle_seed(c.seed, cycle, 6),
-                judge: generation.job.judge.clone(),
-                unverifiable: c.unverifiable(),
-                accept_score: c.discriminator.accept_score,
             };
             let started = now_iso();
             let recalibrated = self.generator.recalibrate(&job)?;
@@ -823,21 +815,29 @@ impl Controller {
         self.prepare_next_generation(cycle, parent, history);
         self.start_deferred_recompression();
         let (evaluated, judged) = under_way.evaluated();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
         let gap = match (gap, judged) {
             (Some(gap), _) => gap,
             (None, Some(judged)) => self.record_judge(cycle, generated, &started, judged?).await?,
             (None, None) => unreachable!("a judge job is queued whenever none trained before"),
         };
-        let (trained, evaluations): (Vec<TrainResult>, Vec<Vec<Evaluation>>) = evaluated?.into_iter().unzip();
-        self.record_training(jobs, &trained, "train", &started).await?;
-        let hashes: Vec<String> = trained.iter().flat_map(|t| t.snapshots.iter().map(|s| s.checkpoint.clone())).collect();
+        let (trained, hashes, evaluations) = self.record_evaluated(cycle, jobs, evaluated?, "train", &started, t).await?;
         for hash in &hashes {
             self.record_checkpoint(hash, Some(parent)).await?;
         }
-        let evaluations: Vec<Evaluation> = evaluations.into_iter().flatten().collect();
-        self.record_evaluations(cycle, &hashes, &evaluations, &started, ms).await?;
         Ok((gap, trained, evaluations))
+    }
+
+    /// Logs a pool's candidates as the sequential path does: each training's step, then each
+    /// snapshot's evaluation (the batch's wall time since `t`). Returns the trainings and, in
+    /// snapshot order, their checkpoints and evaluations.
+    async fn record_evaluated(&mut self, cycle: u32, jobs: &[TrainJob], evaluated: Evaluated, step_name: &str, started: &str, t: Instant) -> Result<(Vec<TrainResult>, Vec<String>, Vec<Evaluation>), Error> {
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let (trained, evaluations): (Vec<TrainResult>, Vec<Vec<Evaluation>>) = evaluated.into_iter().unzip();
+        self.record_training(jobs, &trained, step_name, started).await?;
+        let hashes: Vec<String> = trained.iter().flat_map(|t| t.snapshots.iter().map(|s| s.checkpoint.clone())).collect();
+        let evaluations: Vec<Evaluation> = evaluations.into_iter().flatten().collect();
+        self.record_evaluations(cycle, &hashes, &evaluations, started, ms).await?;
+        Ok((trained, hashes, evaluations))
     }
 
     async fn train(&mut self, job: &TrainJob, step_name: &str) -> Result<TrainResult, Error> {

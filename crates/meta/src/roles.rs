@@ -239,11 +239,28 @@ pub struct RecalibrateJob {
     pub synthesis_report: Vec<SkillSynthesis>,
     /// The generation's judgements: the recalibration's join them (`JUDGEMENTS_KIND`).
     pub judgements: String,
-    pub synthesis: SynthesisConfig,
+    /// The generation's job: its synthesis settings and judges stand.
+    pub generation: GenerateJob,
     pub seed: u64,
-    pub judge: Option<String>,
-    pub unverifiable: Vec<String>,
-    pub accept_score: f32,
+}
+
+/// The judge a generation job names (loaded) and the skills it decides: what [`Judges`]
+/// borrows.
+struct JobJudge {
+    learned: Option<LearnedScorer>,
+    unverifiable: HashSet<String>,
+    accept_score: f32,
+}
+
+impl JobJudge {
+    fn load(ctx: &Context, job: &GenerateJob) -> Result<JobJudge, Error> {
+        let learned = job.judge.as_deref().map(|hash| ctx.load_judge(hash)).transpose()?;
+        Ok(JobJudge { learned, unverifiable: job.unverifiable.iter().cloned().collect(), accept_score: job.accept_score })
+    }
+
+    fn judges<'a>(&'a self, verifier: &'a Verifier) -> Judges<'a> {
+        Judges { verifier, learned: self.learned.as_ref(), unverifiable: &self.unverifiable, accept_score: self.accept_score }
+    }
 }
 
 pub trait GeneratorRole {
@@ -269,9 +286,8 @@ impl GeneratorRole for LocalGenerator {
             let batch: ExampleBatch = serde_json::from_slice(&ctx.store.get(hash, EXAMPLES_KIND)?)?;
             history.extend(batch.problems.into_iter().map(|p| p.prompt));
         }
-        let learned = job.judge.as_deref().map(|hash| ctx.load_judge(hash)).transpose()?;
-        let unverifiable: HashSet<String> = job.unverifiable.iter().cloned().collect();
-        let judges = Judges { verifier: &ctx.verifier, learned: learned.as_ref(), unverifiable: &unverifiable, accept_score: job.accept_score };
+        let judge = JobJudge::load(ctx, job)?;
+        let judges = judge.judges(&ctx.verifier);
         let started = std::time::Instant::now();
         let targets: Vec<(&dyn Skill, u32, usize)> = job.targets.iter().map(|(s, l)| (ctx.skill(s), *l, job.probes_per_level)).collect();
         let mining = mine(&model, &targets, &ctx.held_out, &judges, &mut rng, &ctx.device);
@@ -302,11 +318,9 @@ impl GeneratorRole for LocalGenerator {
         let started = std::time::Instant::now();
         let model = ctx.load_model(&job.parent)?;
         let pool: ExampleBatch = serde_json::from_slice(&ctx.store.get(&job.pool, EXAMPLES_KIND)?)?;
-        let learned = job.judge.as_deref().map(|hash| ctx.load_judge(hash)).transpose()?;
-        let unverifiable: HashSet<String> = job.unverifiable.iter().cloned().collect();
-        let judges = Judges { verifier: &ctx.verifier, learned: learned.as_ref(), unverifiable: &unverifiable, accept_score: job.accept_score };
+        let judge = JobJudge::load(ctx, &job.generation)?;
         let mut rng = StdRng::seed_from_u64(job.seed);
-        let s = evolve_generator::recalibrate(&model, pool.problems, &job.synthesis, &job.synthesis_report, &judges, &mut rng, &ctx.device);
+        let s = evolve_generator::recalibrate(&model, pool.problems, &job.generation.synthesis, &job.synthesis_report, &judge.judges(&ctx.verifier), &mut rng, &ctx.device);
         let pool = ctx.store_batch(s.pool)?;
         let examples = s.accepted.len();
         let batch = ctx.store_batch(s.accepted)?;
@@ -976,7 +990,7 @@ mod tests {
             parent: mined.clone(),
             targets: curriculum.frontier(),
             probes_per_level: c.probes_per_level,
-            synthesis: synthesis.clone(),
+            synthesis,
             history: Vec::new(),
             seed: 7,
             sampling: ExampleSampling::Adversarial,
@@ -994,11 +1008,8 @@ mod tests {
             pool: generated.pool.clone().unwrap(),
             synthesis_report: generated.synthesis.clone(),
             judgements: generated.judgements.clone(),
-            synthesis,
+            generation: job,
             seed: 11,
-            judge: None,
-            unverifiable: Vec::new(),
-            accept_score: 0.5,
         };
         let again = generator.recalibrate(&recalibrate).unwrap();
         assert_eq!(again.batch, generator.recalibrate(&recalibrate).unwrap().batch, "deterministic");

@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Training tokens/s (AdamW step), the cost of A-GEM and PCGrad steps, and PyTorch's tokens/s.
+    /// Training tokens/s (AdamW step; the fused CPU pass, and burn's autodiff for comparison), the
+    /// cost of A-GEM and PCGrad steps, and PyTorch's tokens/s.
     Train {
         #[arg(long, default_value = "tiny")]
         preset: String,
@@ -113,11 +114,11 @@ fn train(preset_name: &str, batch: usize, seq: usize, steps: usize, no_peer: boo
     let mut rng = StdRng::seed_from_u64(1);
     let data = fixed_problems(batch, seq, 4, &mut rng);
     let reference = fixed_problems(batch, seq, 4, &mut rng);
-    let measure = |optimizer: OptimizerKind, surgery: Surgery| -> f64 {
+    let measure = |optimizer: OptimizerKind, surgery: Surgery, fused: bool| -> f64 {
         device.seed(0);
         let model = Llama::init(&config, &device);
         let train = TrainConfig { optimizer, learning_rate: 1e-3, warmup_steps: 0, min_lr_ratio: 1.0, weight_decay: 0.01, grad_clip: 1.0, surgery, seed: 0 };
-        let mut trainer = Trainer::new(model, train, &device);
+        let mut trainer = Trainer::new(model, train, &device).with_fused_cpu(fused);
         // Two warm-up steps: the first allocations and kernel choices are not throughput.
         trainer.fit(2, &mut || data.clone(), &mut || reference.clone(), &mut |_| {});
         let start = Instant::now();
@@ -125,13 +126,15 @@ fn train(preset_name: &str, batch: usize, seq: usize, steps: usize, no_peer: boo
         start.elapsed().as_secs_f64() / steps as f64
     };
     let tokens = (batch * seq) as f64;
-    let adamw = measure(OptimizerKind::Adamw, Surgery::None);
-    let sgd = measure(OptimizerKind::Sgd, Surgery::None);
-    let agem = measure(OptimizerKind::Sgd, Surgery::Agem);
-    let pcgrad = measure(OptimizerKind::Sgd, Surgery::Pcgrad);
+    let adamw = measure(OptimizerKind::Adamw, Surgery::None, true);
+    let autodiff = measure(OptimizerKind::Adamw, Surgery::None, false);
+    let sgd = measure(OptimizerKind::Sgd, Surgery::None, true);
+    let agem = measure(OptimizerKind::Sgd, Surgery::Agem, true);
+    let pcgrad = measure(OptimizerKind::Sgd, Surgery::Pcgrad, true);
     println!("evolve bench train: preset {preset_name} ({} parameters), batch {batch} × {seq} tokens, {steps} steps, {} threads", config.num_params(), threads());
     println!("{:<28} {:>12} {:>12} {:>10}", "step", "ms/step", "tokens/s", "vs plain");
     println!("{:<28} {:>12.1} {:>12.0} {:>10}", "evolve AdamW", adamw * 1e3, tokens / adamw, "-");
+    println!("{:<28} {:>12.1} {:>12.0} {:>10}", "evolve AdamW, burn autodiff", autodiff * 1e3, tokens / autodiff, "-");
     println!("{:<28} {:>12.1} {:>12.0} {:>10}", "evolve SGD (plain)", sgd * 1e3, tokens / sgd, "1.00x");
     println!("{:<28} {:>12.1} {:>12.0} {:>9.2}x", "evolve SGD + A-GEM", agem * 1e3, tokens / agem, agem / sgd);
     println!("{:<28} {:>12.1} {:>12.0} {:>9.2}x", "evolve SGD + PCGrad (4 grp)", pcgrad * 1e3, tokens / pcgrad, pcgrad / sgd);

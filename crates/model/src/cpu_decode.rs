@@ -16,14 +16,11 @@
 
 use rayon::prelude::*;
 
+use crate::cpu_kernels::{dot, exp_in_place, grow, matmul, rope_table, rotate, values};
 use crate::llama::Llama;
 
 /// Rows per prefill pass: bounds the scratch buffers when many long prompts arrive at once.
 const PREFILL_ROWS: usize = 512;
-
-fn values<const D: usize>(t: burn::prelude::Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 weights")
-}
 
 struct Norm {
     gamma: Vec<f32>,
@@ -111,48 +108,6 @@ struct Scratch {
     last: Vec<f32>,
 }
 
-fn grow(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
-}
-
-/// `out[m, n] (+)= a[m, k] · b[k, n]`, all row-major; with `parallel`, `gemm` splits large
-/// products over rayon's threads.
-fn matmul(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool, parallel: bool) {
-    assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul operands too small");
-    if m == 0 {
-        return;
-    }
-    let parallelism = if parallel && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: the three slices hold at least m·n, m·k and k·n elements (asserted above), with
-    // the row-major strides given.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// One token to run: which sequence, at which position, and whether its logits are wanted.
 #[derive(Clone, Copy, Debug)]
 pub struct RowToken {
@@ -223,18 +178,7 @@ impl CpuDecoder {
     /// An empty cache for `sequences` sequences of up to `capacity` positions each.
     pub fn cache(&self, sequences: usize, capacity: usize) -> SequenceCache {
         let size = self.layers.len() * sequences * capacity * self.kv_dim();
-        let (head_dim, half) = (self.head_dim, self.head_dim / 2);
-        let mut cos = Vec::with_capacity(capacity * head_dim);
-        let mut sin = Vec::with_capacity(capacity * head_dim);
-        // The same table as `RopeTables` (computed in f64, like burn's path).
-        for pos in 0..capacity {
-            for i in 0..head_dim {
-                let inv_freq = 1.0 / self.rope_theta.powf((2 * (i % half)) as f64 / head_dim as f64);
-                let angle = pos as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = rope_table(self.head_dim, self.rope_theta, capacity);
         SequenceCache { k: vec![0.0; size], v: vec![0.0; size], sequences, capacity, cos, sin }
     }
 
@@ -378,54 +322,6 @@ impl CpuDecoder {
     }
 }
 
-#[inline(always)]
-/// `a · b` in eight independent partial sums, which the compiler keeps in one SIMD register
-/// (a single running sum is a serial dependency chain it may not reorder).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// `e^x` for every element, in place, without branches or calls so the loop vectorizes (libm's
-/// `expf` is one call per element). Cody-Waite range reduction to `x = n ln2 + r`, |r| ≤ ln2/2,
-/// then a degree-6 Taylor polynomial for `e^r`: relative error below 2e-7 over the clamped range
-/// [-87.3, 88.0]; below it the result is ~1e-38 rather than 0 and above it ~1.6e38 rather than
-/// infinity, which softmax and SiLU do not mind.
-#[inline(always)]
-fn exp_in_place(xs: &mut [f32]) {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5·2^23 rounds to the nearest integer for |v| < 2^22.
-    const ROUND: f32 = 12_582_912.0;
-    for x in xs.iter_mut() {
-        let v = x.clamp(-87.3, 88.0);
-        let n = (v * LOG2E + ROUND) - ROUND;
-        let r = (v - n * LN2_HI) - n * LN2_LO;
-        let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        *x = p * f32::from_bits(((n as i32 + 127) << 23) as u32);
-    }
-}
-
-/// Hugging Face's `rotate_half` rotary embedding of one head, in place.
-#[inline(always)]
-fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = x.len() / 2;
-    let (x1, x2) = x.split_at_mut(half);
-    for i in 0..half {
-        let (a, b) = (x1[i], x2[i]);
-        x1[i] = a * cos[i] - b * sin[i];
-        x2[i] = b * cos[i + half] + a * sin[i + half];
-    }
-}
-
 /// Runs the prompts (`sequences[i]` holds sequence `i`'s prompt) into `cache`; the logits after
 /// each prompt's last token, `vocab` per sequence.
 fn prefill(decoder: &CpuDecoder, prompts: &[&[u32]], cache: &mut SequenceCache, scratch: &mut Scratch, scratch_logits: &mut Vec<f32>) -> Vec<f32> {
@@ -472,7 +368,7 @@ impl<'a> Session<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::exp_in_place;
+    use crate::cpu_kernels::exp_in_place;
 
     #[test]
     fn fast_exp_matches_libm_and_stays_finite() {

@@ -11,6 +11,8 @@
 mod checkpoint;
 mod config;
 mod cpu_decode;
+mod cpu_kernels;
+mod cpu_train;
 mod decode;
 mod hf;
 mod llama;
@@ -20,6 +22,7 @@ mod tokenizer;
 pub use checkpoint::{Checkpoint, CheckpointError, checkpoint_hash};
 pub use config::{ConfigError, LlamaConfig};
 pub use cpu_decode::{CpuDecoder, RowToken, SequenceCache};
+pub use cpu_train::{CpuTrainPass, ParamSlot, TokenBatch};
 pub use decode::{DecodeOptions, decode_batch};
 pub use hf::{export_hf_dir, import_hf_dir, token_logprobs};
 pub use llama::{ChannelStatsByLayer, ChannelSums, KvCache, Llama, RopeTables};

@@ -57,17 +57,7 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(head_dim: usize, theta: f64, len: usize, device: &Device) -> Self {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(len * head_dim);
-        let mut sin = Vec::with_capacity(len * head_dim);
-        for pos in 0..len {
-            for i in 0..head_dim {
-                let inv_freq = 1.0 / theta.powf((2 * (i % half)) as f64 / head_dim as f64);
-                let angle = pos as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = crate::cpu_kernels::rope_table(head_dim, theta, len);
         RopeTables {
             cos: Tensor::from_data(TensorData::new(cos, [len, head_dim]), device),
             sin: Tensor::from_data(TensorData::new(sin, [len, head_dim]), device),

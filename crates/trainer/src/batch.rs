@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use evolve_model::{Llama, PAD};
+use evolve_model::{Llama, PAD, TokenBatch};
 use evolve_policy::example_tokens;
 use evolve_tasks::Problem;
 
@@ -17,31 +17,38 @@ pub struct Batch {
     pub tokens: usize,
 }
 
-impl Batch {
-    pub fn new(problems: &[Problem], device: &Device) -> Self {
-        let encoded: Vec<(Vec<u32>, usize)> = problems.iter().map(example_tokens).collect();
-        let width = encoded.iter().map(|(t, _)| t.len() - 1).max().unwrap_or(1).max(1);
-        let rows = encoded.len();
-        let mut inputs = vec![PAD as i64; rows * width];
-        let mut targets = vec![PAD as i64; rows * width];
-        let mut mask = vec![0.0f32; rows * width];
-        for (r, (tokens, answer_start)) in encoded.iter().enumerate() {
-            for pos in 0..tokens.len() - 1 {
-                inputs[r * width + pos] = tokens[pos] as i64;
-                targets[r * width + pos] = tokens[pos + 1] as i64;
-                // Position `pos` predicts token `pos + 1`.
-                if pos + 1 >= *answer_start {
-                    mask[r * width + pos] = 1.0;
-                }
+/// The host-side batch: token ids, targets and the answer mask, `[rows, width]` each.
+pub fn token_batch(problems: &[Problem]) -> TokenBatch {
+    let encoded: Vec<(Vec<u32>, usize)> = problems.iter().map(example_tokens).collect();
+    let width = encoded.iter().map(|(t, _)| t.len() - 1).max().unwrap_or(1).max(1);
+    let rows = encoded.len();
+    let mut inputs = vec![PAD; rows * width];
+    let mut targets = vec![PAD; rows * width];
+    let mut mask = vec![0.0f32; rows * width];
+    for (r, (tokens, answer_start)) in encoded.iter().enumerate() {
+        for pos in 0..tokens.len() - 1 {
+            inputs[r * width + pos] = tokens[pos];
+            targets[r * width + pos] = tokens[pos + 1];
+            // Position `pos` predicts token `pos + 1`.
+            if pos + 1 >= *answer_start {
+                mask[r * width + pos] = 1.0;
             }
         }
-        let answer_tokens = mask.iter().sum::<f32>().max(1.0);
+    }
+    let answer_tokens = mask.iter().sum::<f32>().max(1.0);
+    TokenBatch { rows, width, inputs, targets, mask, answer_tokens }
+}
+
+impl Batch {
+    pub fn new(problems: &[Problem], device: &Device) -> Self {
+        let t = token_batch(problems);
+        let ids = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
         Batch {
-            inputs: Tensor::from_data(TensorData::new(inputs, [rows, width]), device),
-            targets: Tensor::from_data(TensorData::new(targets, [rows, width, 1]), device),
-            mask: Tensor::from_data(TensorData::new(mask, [rows, width]), device),
-            answer_tokens,
-            tokens: rows * width,
+            inputs: Tensor::from_data(TensorData::new(ids(&t.inputs), [t.rows, t.width]), device),
+            targets: Tensor::from_data(TensorData::new(ids(&t.targets), [t.rows, t.width, 1]), device),
+            mask: Tensor::from_data(TensorData::new(t.mask, [t.rows, t.width]), device),
+            answer_tokens: t.answer_tokens,
+            tokens: t.rows * t.width,
         }
     }
 }

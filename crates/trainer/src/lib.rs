@@ -20,14 +20,14 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord, SgdConfig};
 use burn::prelude::*;
-use evolve_model::Llama;
+use evolve_model::{CpuTrainPass, Llama, cpu_device};
 use evolve_tasks::Problem;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-pub use batch::{Batch, answer_loss, answer_nll};
-pub use surgery::{PcgradPlan, Projection, agem_project_flat, agem_project_grads, combine_grads, gradient_gram, pcgrad_plan};
+pub use batch::{Batch, answer_loss, answer_nll, token_batch};
+pub use surgery::{Gradient, PcgradPlan, Projection, agem_project, agem_project_flat, agem_project_grads, combine, combine_grads, gradient_gram, gram, pcgrad_plan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -111,6 +111,9 @@ pub struct Trainer {
     device: Device,
     /// Steps taken before this trainer was resumed, so the schedule continues where it was.
     resumed_at: usize,
+    /// Gradients from the fused CPU pass (`evolve_model::CpuTrainPass`) instead of burn's
+    /// autodiff: on the CPU unless turned off.
+    fused_cpu: bool,
 }
 
 /// Why optimizer state could not be saved or resumed.
@@ -129,8 +132,9 @@ impl Trainer {
             OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(config.weight_decay).with_grad_clipping(clipping).init(),
             OptimizerKind::Sgd => SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(0.9))).with_gradient_clipping(clipping).init(),
         };
+        let fused_cpu = device.clone().inner() == cpu_device();
         // Stable ids: optimizer state saved here lines up with the same model loaded elsewhere.
-        Trainer { model: model.with_stable_param_ids().fork(&device).train(), optimizer, config, device, resumed_at: 0 }
+        Trainer { model: model.with_stable_param_ids().fork(&device).train(), optimizer, config, device, resumed_at: 0, fused_cpu }
     }
 
     /// Writes the optimizer's state (moments, step counts) and the schedule position to `path`
@@ -158,6 +162,13 @@ impl Trainer {
         trainer.optimizer = trainer.optimizer.load_record(record);
         trainer.resumed_at = steps_done;
         Ok(trainer)
+    }
+
+    /// Whether gradients come from the fused CPU pass (on the CPU) or burn's autodiff. Both give
+    /// the same gradients up to float rounding; off only to compare the two.
+    pub fn with_fused_cpu(mut self, fused: bool) -> Self {
+        self.fused_cpu = fused && self.device.clone().inner() == cpu_device();
+        self
     }
 
     /// The current weights, without autodiff.
@@ -196,29 +207,32 @@ impl Trainer {
             let step_started = Instant::now();
             let problems = next_batch();
             report.examples += problems.len();
+            // The fused pass reads a host copy of the weights, taken once per step.
+            let pass = self.fused_cpu.then(|| CpuTrainPass::new(&self.model));
             let (loss_value, mut grads) = if self.config.surgery == Surgery::Pcgrad {
-                let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, &mut rng);
+                let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, pass.as_ref(), &mut rng);
                 report.tokens += tokens;
                 cosine_sum += plan.mean_cosine;
                 report.projected_steps += usize::from(plan.projections > 0);
                 (loss, grads)
             } else {
-                let batch = Batch::new(&problems, &self.device);
-                report.tokens += batch.tokens;
-                let loss = answer_loss(&self.model, &batch);
-                (loss.clone().into_scalar::<f32>(), GradientsParams::from_grads(loss.backward(), &self.model))
+                let (loss, grads, tokens, _) = self.gradient(&problems, pass.as_ref());
+                report.tokens += tokens;
+                (loss, grads)
             };
             if self.config.surgery == Surgery::Agem {
-                let reference = next_reference();
-                let reference_batch = Batch::new(&reference, &self.device);
-                report.tokens += reference_batch.tokens;
-                let reference_loss = answer_loss(&self.model, &reference_batch);
-                let reference_grads = GradientsParams::from_grads(reference_loss.backward(), &self.model);
-                let projection = agem_project_grads(&self.model, grads, &reference_grads);
+                let (_, reference_grads, tokens, _) = self.gradient(&next_reference(), pass.as_ref());
+                report.tokens += tokens;
+                let projection = agem_project(&self.model, grads, &reference_grads);
                 grads = projection.grads;
                 cosine_sum += projection.cosine;
                 report.projected_steps += usize::from(projection.projected);
             }
+            let grads = match (grads, &pass) {
+                (Gradient::Host(flat), Some(pass)) => host_gradients(pass, &flat),
+                (Gradient::Tensors(grads), _) => grads,
+                (Gradient::Host(_), None) => unreachable!("host gradients come only from the fused pass"),
+            };
             let lr = self.lr_at(self.resumed_at + step, self.resumed_at + steps);
             self.model = self.optimizer.step(lr, self.model.clone(), grads);
             if step == 0 {
@@ -236,10 +250,24 @@ impl Trainer {
         report
     }
 
+    /// The loss of `problems` at the current weights, its gradient, the tokens fed and the
+    /// answer tokens the loss averages over.
+    fn gradient(&self, problems: &[Problem], pass: Option<&CpuTrainPass>) -> (f32, Gradient, usize, f32) {
+        if let Some(pass) = pass {
+            let batch = token_batch(problems);
+            let (loss, grad) = pass.loss_and_gradient(&batch);
+            return (loss, Gradient::Host(grad), batch.rows * batch.width, batch.answer_tokens);
+        }
+        let batch = Batch::new(problems, &self.device);
+        let loss = answer_loss(&self.model, &batch);
+        let value = loss.clone().into_scalar::<f32>();
+        (value, Gradient::Tensors(GradientsParams::from_grads(loss.backward(), &self.model)), batch.tokens, batch.answer_tokens)
+    }
+
     /// One backward pass per group (skill × level) of `problems`, then PCGrad. Returns the
     /// batch loss (token-weighted mean of the groups'), the combined gradient, the tokens fed and
     /// the plan.
-    fn pcgrad_step(&self, problems: &[Problem], rng: &mut StdRng) -> (f32, GradientsParams, usize, PcgradPlan) {
+    fn pcgrad_step(&self, problems: &[Problem], pass: Option<&CpuTrainPass>, rng: &mut StdRng) -> (f32, Gradient, usize, PcgradPlan) {
         let mut groups: BTreeMap<(&str, u32), Vec<Problem>> = BTreeMap::new();
         for p in problems {
             groups.entry((p.skill.as_str(), p.level)).or_default().push(p.clone());
@@ -248,12 +276,11 @@ impl Trainer {
         let mut answer_tokens = Vec::with_capacity(groups.len());
         let (mut loss_sum, mut tokens) = (0.0f64, 0);
         for group in groups.values() {
-            let batch = Batch::new(group, &self.device);
-            tokens += batch.tokens;
-            let loss = answer_loss(&self.model, &batch);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64 * batch.answer_tokens as f64;
-            answer_tokens.push(batch.answer_tokens as f64);
-            grads.push(GradientsParams::from_grads(loss.backward(), &self.model));
+            let (loss, grad, fed, answers) = self.gradient(group, pass);
+            tokens += fed;
+            loss_sum += loss as f64 * answers as f64;
+            answer_tokens.push(answers as f64);
+            grads.push(grad);
         }
         let total: f64 = answer_tokens.iter().sum();
         let weights: Vec<f64> = answer_tokens.iter().map(|t| t / total).collect();
@@ -265,8 +292,23 @@ impl Trainer {
                 others
             })
             .collect();
-        let plan = pcgrad_plan(&gradient_gram(&self.model, &grads), &weights, &orders);
-        let combined = combine_grads(&self.model, &grads, &plan.coefficients);
+        let plan = pcgrad_plan(&gram(&self.model, &grads), &weights, &orders);
+        let combined = combine(&self.model, &grads, &plan.coefficients);
         ((loss_sum / total) as f32, combined, tokens, plan)
     }
+}
+
+/// The fused pass's flat gradient as burn's per-parameter gradients, for the optimizer.
+fn host_gradients(pass: &CpuTrainPass, flat: &[f32]) -> GradientsParams {
+    let device = cpu_device();
+    let mut grads = GradientsParams::new();
+    for slot in pass.slots() {
+        let data = TensorData::new(flat[slot.offset..slot.offset + slot.len()].to_vec(), slot.shape.clone());
+        match slot.shape.len() {
+            1 => grads.register(slot.id, Tensor::<1>::from_data(data, &device)),
+            2 => grads.register(slot.id, Tensor::<2>::from_data(data, &device)),
+            rank => unreachable!("the model has no rank-{rank} parameters"),
+        }
+    }
+    grads
 }

@@ -6,9 +6,16 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
+/// A step's gradient: one flat host vector from the fused CPU pass, or burn's per-parameter
+/// tensors on other devices. Each surgery below works on either, with the same mathematics.
+pub enum Gradient {
+    Host(Vec<f32>),
+    Tensors(GradientsParams),
+}
+
 /// Gradients after surgery, and what the surgery saw.
-pub struct Projection {
-    pub grads: GradientsParams,
+pub struct Projection<G = GradientsParams> {
+    pub grads: G,
     /// Whether `g·r < 0`, so that `g` was projected.
     pub projected: bool,
     /// Cosine between `g` and `r` before projection.
@@ -30,6 +37,57 @@ pub fn agem_project_flat(g: &[f32], r: &[f32]) -> (Vec<f32>, bool, f64) {
 
 fn cosine(dot: f64, gg: f64, rr: f64) -> f64 {
     if gg == 0.0 || rr == 0.0 { 0.0 } else { dot / (gg.sqrt() * rr.sqrt()) }
+}
+
+/// A-GEM of `g` against the reference gradient `r`, both of the same kind.
+pub fn agem_project<M: Module>(module: &M, g: Gradient, r: &Gradient) -> Projection<Gradient> {
+    match (g, r) {
+        (Gradient::Host(g), Gradient::Host(r)) => {
+            let (grads, projected, cosine) = agem_project_flat(&g, r);
+            Projection { grads: Gradient::Host(grads), projected, cosine }
+        }
+        (Gradient::Tensors(g), Gradient::Tensors(r)) => {
+            let p = agem_project_grads(module, g, r);
+            Projection { grads: Gradient::Tensors(p.grads), projected: p.projected, cosine: p.cosine }
+        }
+        _ => unreachable!("a step's gradients all come from the same pass"),
+    }
+}
+
+/// The Gram matrix of group gradients over all parameters.
+pub fn gram<M: Module>(module: &M, groups: &[Gradient]) -> Vec<Vec<f64>> {
+    if let Some(host) = host_vectors(groups) {
+        return host.iter().map(|a| host.iter().map(|b| a.iter().zip(*b).map(|(x, y)| *x as f64 * *y as f64).sum()).collect()).collect();
+    }
+    gram_of(module, &tensor_groups(groups))
+}
+
+/// `Σ_k c_k g_k`, as PCGrad's plan gives it.
+pub fn combine<M: Module>(module: &M, groups: &[Gradient], coefficients: &[f64]) -> Gradient {
+    if let Some(host) = host_vectors(groups) {
+        let mut sum = vec![0.0f64; host.first().map_or(0, |g| g.len())];
+        for (g, &c) in host.iter().zip(coefficients) {
+            for (s, x) in sum.iter_mut().zip(*g) {
+                *s += c * *x as f64;
+            }
+        }
+        return Gradient::Host(sum.into_iter().map(|x| x as f32).collect());
+    }
+    Gradient::Tensors(combine_of(module, &tensor_groups(groups), coefficients))
+}
+
+fn host_vectors(groups: &[Gradient]) -> Option<Vec<&Vec<f32>>> {
+    groups.iter().map(|g| if let Gradient::Host(v) = g { Some(v) } else { None }).collect()
+}
+
+fn tensor_groups(groups: &[Gradient]) -> Vec<&GradientsParams> {
+    groups
+        .iter()
+        .map(|g| match g {
+            Gradient::Tensors(t) => t,
+            Gradient::Host(_) => unreachable!("a step's gradients all come from the same pass"),
+        })
+        .collect()
 }
 
 /// Accumulates `g·r`, `g·g`, `r·r` on the device; one host read per step.
@@ -142,7 +200,7 @@ pub fn pcgrad_plan(gram: &[Vec<f64>], weights: &[f64], orders: &[Vec<usize>]) ->
 
 /// Accumulates the Gram matrix of several gradients over all parameters, on the device.
 struct Gram<'a> {
-    groups: &'a [GradientsParams],
+    groups: &'a [&'a GradientsParams],
     sums: Option<Tensor<2>>,
 }
 
@@ -161,7 +219,7 @@ impl ModuleVisitor for Gram<'_> {
 
 /// `Σ_k c_k g_k` per parameter.
 struct Combine<'a> {
-    groups: &'a [GradientsParams],
+    groups: &'a [&'a GradientsParams],
     coefficients: &'a [f64],
     out: GradientsParams,
 }
@@ -186,6 +244,10 @@ impl ModuleVisitor for Combine<'_> {
 
 /// The Gram matrix of group gradients over all of a module's parameters (one host read).
 pub fn gradient_gram<M: Module>(module: &M, groups: &[GradientsParams]) -> Vec<Vec<f64>> {
+    gram_of(module, &groups.iter().collect::<Vec<_>>())
+}
+
+fn gram_of<M: Module>(module: &M, groups: &[&GradientsParams]) -> Vec<Vec<f64>> {
     let n = groups.len();
     let mut visitor = Gram { groups, sums: None };
     module.visit(&mut visitor);
@@ -196,6 +258,10 @@ pub fn gradient_gram<M: Module>(module: &M, groups: &[GradientsParams]) -> Vec<V
 
 /// Applies a PCGrad plan: one gradient per parameter, the plan's weighted sum of the groups'.
 pub fn combine_grads<M: Module>(module: &M, groups: &[GradientsParams], coefficients: &[f64]) -> GradientsParams {
+    combine_of(module, &groups.iter().collect::<Vec<_>>(), coefficients)
+}
+
+fn combine_of<M: Module>(module: &M, groups: &[&GradientsParams], coefficients: &[f64]) -> GradientsParams {
     let mut visitor = Combine { groups, coefficients, out: GradientsParams::new() };
     module.visit(&mut visitor);
     visitor.out

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{dot, exp_in_place, grow, matmul, rope_table, rotate, values};
+use crate::cpu_kernels::{dot, exp_in_place, grow, matmul, rope_table, rotate, side_by_side, values};
 use crate::llama::Llama;
 
 /// Rows per prefill pass: bounds the scratch buffers when many long prompts arrive at once.
@@ -55,18 +55,6 @@ struct LayerWeights {
     /// `[d, 2 inter]`: gate and up projections side by side.
     gate_up: Vec<f32>,
     down: Vec<f32>,
-}
-
-/// Columns of several `[d_in, d_out_i]` matrices, side by side in one `[d_in, Σ d_out_i]`.
-fn side_by_side(parts: &[Vec<f32>], d_in: usize) -> Vec<f32> {
-    let widths: Vec<usize> = parts.iter().map(|p| p.len() / d_in).collect();
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for row in 0..d_in {
-        for (p, &w) in parts.iter().zip(&widths) {
-            out.extend_from_slice(&p[row * w..(row + 1) * w]);
-        }
-    }
-    out
 }
 
 /// A checkpoint's weights laid out for the fused decoder.
@@ -128,8 +116,8 @@ impl CpuDecoder {
             .iter()
             .map(|l| {
                 let a = &l.self_attn;
-                let qkv = side_by_side(&[values(a.q_proj.weight.val()), values(a.k_proj.weight.val()), values(a.v_proj.weight.val())], d);
-                let gate_up = side_by_side(&[values(l.mlp.gate_proj.weight.val()), values(l.mlp.up_proj.weight.val())], d);
+                let qkv = side_by_side(&[&values(a.q_proj.weight.val()), &values(a.k_proj.weight.val()), &values(a.v_proj.weight.val())], d);
+                let gate_up = side_by_side(&[&values(l.mlp.gate_proj.weight.val()), &values(l.mlp.up_proj.weight.val())], d);
                 LayerWeights {
                     attn_norm: Norm::of(&l.input_layernorm),
                     qkv,

@@ -70,6 +70,18 @@ pub(crate) fn rope_table(head_dim: usize, theta: f64, len: usize) -> (Vec<f32>, 
     (cos, sin)
 }
 
+/// Columns of several `[d_in, d_out_i]` matrices, side by side in one `[d_in, Σ d_out_i]`.
+pub(crate) fn side_by_side(parts: &[&[f32]], d_in: usize) -> Vec<f32> {
+    let widths: Vec<usize> = parts.iter().map(|p| p.len() / d_in).collect();
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for row in 0..d_in {
+        for (p, &w) in parts.iter().zip(&widths) {
+            out.extend_from_slice(&p[row * w..(row + 1) * w]);
+        }
+    }
+    out
+}
+
 /// A matrix operand of `gemm`: element `(i, j)` is `data[i * row_stride + j * col_stride]`, so a
 /// transpose or a band of columns of a wider matrix costs no copy.
 #[derive(Clone, Copy)]

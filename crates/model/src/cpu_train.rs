@@ -18,7 +18,7 @@ use burn::module::{Param, ParamId};
 use burn::prelude::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{Operand, dot, exp_in_place, gemm_into, rope_table, rotate, simd_fn, values};
+use crate::cpu_kernels::{Operand, dot, exp_in_place, gemm_into, rope_table, rotate, side_by_side, simd_fn, values};
 use crate::llama::Llama;
 
 /// A right-padded batch as token ids, `[rows, width]` each: position `p` of row `r` reads
@@ -63,6 +63,44 @@ struct LayerAt {
     gate: usize,
     up: usize,
     down: usize,
+    /// In `CpuTrainPass::fused`: `[d, d + 2 kv]` (q, k, v side by side) and `[d, 2 inter]`
+    /// (gate, up), so each product with the layer's input is one `gemm`.
+    qkv: usize,
+    gate_up: usize,
+}
+
+/// Buffers of earlier passes, kept for the next: a step's activations are tens of megabytes, and
+/// fresh allocations of that size come from the kernel as new pages to fault in and zero.
+#[derive(Default)]
+struct Buffers(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl Buffers {
+    /// A zeroed buffer of `len`, reusing the smallest kept one that is large enough.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut buffer = self.take_for_overwrite(0);
+        buffer.resize(len, 0.0);
+        buffer
+    }
+
+    /// A buffer of `len` whose contents are unspecified: for outputs written in full.
+    fn take_for_overwrite(&self, len: usize) -> Vec<f32> {
+        let mut kept = self.0.lock().expect("buffer pool");
+        let best = kept.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+        let mut buffer = best.map(|i| kept.swap_remove(i)).unwrap_or_default();
+        buffer.truncate(len);
+        buffer.resize(len, 0.0);
+        buffer
+    }
+
+    fn copy_of(&self, data: &[f32]) -> Vec<f32> {
+        let mut buffer = self.take(0);
+        buffer.extend_from_slice(data);
+        buffer
+    }
+
+    fn give(&self, buffers: impl IntoIterator<Item = Vec<f32>>) {
+        self.0.lock().expect("buffer pool").extend(buffers);
+    }
 }
 
 /// A snapshot of a model's weights, flat, with the shapes the pass needs.
@@ -78,12 +116,14 @@ pub struct CpuTrainPass {
     mlp_eps: Vec<f32>,
     final_eps: f32,
     values: Vec<f32>,
+    fused: Vec<f32>,
     slots: Vec<ParamSlot>,
     embed: usize,
     layers: Vec<LayerAt>,
     norm: usize,
     /// `None` when the output projection is the embedding's transpose.
     lm_head: Option<usize>,
+    buffers: Buffers,
 }
 
 /// What the forward pass keeps for the backward pass, per layer.
@@ -99,21 +139,32 @@ struct LayerActivations {
     middle: Vec<f32>,
     mlp_x: Vec<f32>,
     mlp_inv_rms: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    /// `[n, 2 inter]`: gate and up projections side by side.
+    gate_up: Vec<f32>,
     act: Vec<f32>,
 }
 
 impl CpuTrainPass {
     /// Copies the weights out of `model` (any device; the copy lives in host memory).
     pub fn new(model: &Llama) -> Self {
+        Self::reusing(model, None)
+    }
+
+    /// Like `new`, keeping the buffers of `spent` (the previous step's pass) for this one.
+    pub fn reusing(model: &Llama, spent: Option<CpuTrainPass>) -> Self {
         fn add<const D: usize>(flat: &mut Vec<f32>, slots: &mut Vec<ParamSlot>, p: &Param<Tensor<D>>) -> usize {
             let offset = flat.len();
             flat.extend_from_slice(&values(p.val()));
             slots.push(ParamSlot { id: p.id, shape: p.dims().to_vec(), offset });
             offset
         }
-        let (mut flat, mut slots) = (Vec::new(), Vec::new());
+        let (buffers, mut flat, mut fused) = match spent {
+            Some(spent) => (spent.buffers, spent.values, spent.fused),
+            None => (Buffers::default(), Vec::new(), Vec::new()),
+        };
+        flat.clear();
+        fused.clear();
+        let mut slots = Vec::new();
         let embed = add(&mut flat, &mut slots, &model.embed_tokens.weight);
         let mut layers = Vec::with_capacity(model.layers.len());
         for l in &model.layers {
@@ -123,29 +174,38 @@ impl CpuTrainPass {
             let (gate, up, down) = (p2(&m.gate_proj.weight), p2(&m.up_proj.weight), p2(&m.down_proj.weight));
             let attn_norm = add(&mut flat, &mut slots, &l.input_layernorm.gamma);
             let mlp_norm = add(&mut flat, &mut slots, &l.post_attention_layernorm.gamma);
-            layers.push(LayerAt { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+            layers.push(LayerAt { attn_norm, q, k, v, o, mlp_norm, gate, up, down, qkv: 0, gate_up: 0 });
         }
         let norm = add(&mut flat, &mut slots, &model.norm.gamma);
         let lm_head = model.lm_head.as_ref().map(|h| add(&mut flat, &mut slots, &h.weight));
         let first = &model.layers[0].self_attn;
         let [vocab, d] = model.embed_tokens.weight.dims();
+        let (kv, inter) = (first.n_kv_heads * first.head_dim, model.layers[0].mlp.down_proj.weight.dims()[0]);
+        for at in &mut layers {
+            at.qkv = fused.len();
+            fused.extend(side_by_side(&[&flat[at.q..at.q + d * d], &flat[at.k..at.k + d * kv], &flat[at.v..at.v + d * kv]], d));
+            at.gate_up = fused.len();
+            fused.extend(side_by_side(&[&flat[at.gate..at.gate + d * inter], &flat[at.up..at.up + d * inter]], d));
+        }
         CpuTrainPass {
             d,
             n_heads: first.n_heads,
             n_kv_heads: first.n_kv_heads,
             head_dim: first.head_dim,
-            inter: model.layers[0].mlp.down_proj.weight.dims()[0],
+            inter,
             vocab,
             rope_theta: model.rope_theta,
             attn_eps: model.layers.iter().map(|l| l.input_layernorm.epsilon as f32).collect(),
             mlp_eps: model.layers.iter().map(|l| l.post_attention_layernorm.epsilon as f32).collect(),
             final_eps: model.norm.epsilon as f32,
             values: flat,
+            fused,
             slots,
             embed,
             layers,
             norm,
             lm_head,
+            buffers,
         }
     }
 
@@ -167,54 +227,55 @@ impl CpuTrainPass {
         &self.values[offset..offset + len]
     }
 
+    fn fused(&self, offset: usize, len: usize) -> &[f32] {
+        &self.fused[offset..offset + len]
+    }
+
     /// The loss of `batch` and its gradient, flat in `slots()` order.
     pub fn loss_and_gradient(&self, batch: &TokenBatch) -> (f32, Vec<f32>) {
         let (rows, width) = (batch.rows, batch.width);
         let n = rows * width;
         assert!(batch.inputs.len() == n && batch.targets.len() == n && batch.mask.len() == n, "token batch is not {rows}x{width}");
         let (d, kv, inter, vocab) = (self.d, self.kv_dim(), self.inter, self.vocab);
+        let pool = &self.buffers;
         let qkv_width = d + 2 * kv;
         let (cos, sin) = rope_table(self.head_dim, self.rope_theta, width);
         let embed = self.w(self.embed, vocab * d);
         let shape = Shape { width, d, kv, heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
 
         // Forward, keeping what the backward pass reads.
-        let mut h = vec![0.0f32; n * d];
+        let mut h = pool.take_for_overwrite(n * d);
         for (out, &t) in h.chunks_exact_mut(d).zip(&batch.inputs) {
             out.copy_from_slice(&embed[t as usize * d..(t as usize + 1) * d]);
         }
         let mut saved = Vec::with_capacity(self.layers.len());
         for (l, at) in self.layers.iter().enumerate() {
-            let input = h.clone();
-            let (attn_x, attn_inv_rms) = rms_norm(&h, self.w(at.attn_norm, d), self.attn_eps[l]);
-            let mut qkv = vec![0.0f32; n * qkv_width];
-            for (offset, from, cols) in [(at.q, 0, d), (at.k, d, kv), (at.v, d + kv, kv)] {
-                gemm_into(&mut qkv[from..], qkv_width, Operand::rows(&attn_x, d), Operand::rows(self.w(offset, d * cols), cols), (n, d, cols), false, true);
-            }
+            let input = pool.copy_of(&h);
+            let (attn_x, attn_inv_rms) = rms_norm(pool, &h, self.w(at.attn_norm, d), self.attn_eps[l]);
+            let mut qkv = pool.take_for_overwrite(n * qkv_width);
+            gemm_into(&mut qkv, qkv_width, Operand::rows(&attn_x, d), Operand::rows(self.fused(at.qkv, d * qkv_width), qkv_width), (n, d, qkv_width), false, true);
             qkv.par_chunks_mut(qkv_width).enumerate().for_each(|(row, x)| rotate_row(&mut x[..d + kv], &cos, &sin, row % width, self.head_dim));
-            let mut probs = vec![0.0f32; rows * self.n_heads * width * width];
-            let mut context = vec![0.0f32; n * d];
+            let mut probs = pool.take(rows * self.n_heads * width * width);
+            let mut context = pool.take(n * d);
             context.par_chunks_mut(width * d).zip(probs.par_chunks_mut(self.n_heads * width * width)).zip(qkv.par_chunks(width * qkv_width)).for_each(
                 |((context, probs), qkv)| attention_forward(&shape, qkv, probs, context),
             );
             gemm_into(&mut h, d, Operand::rows(&context, d), Operand::rows(self.w(at.o, d * d), d), (n, d, d), true, true);
-            let middle = h.clone();
-            let (mlp_x, mlp_inv_rms) = rms_norm(&h, self.w(at.mlp_norm, d), self.mlp_eps[l]);
-            let mut gate = vec![0.0f32; n * inter];
-            let mut up = vec![0.0f32; n * inter];
-            gemm_into(&mut gate, inter, Operand::rows(&mlp_x, d), Operand::rows(self.w(at.gate, d * inter), inter), (n, d, inter), false, true);
-            gemm_into(&mut up, inter, Operand::rows(&mlp_x, d), Operand::rows(self.w(at.up, d * inter), inter), (n, d, inter), false, true);
-            let mut act = vec![0.0f32; n * inter];
-            act.par_chunks_mut(inter).zip(gate.par_chunks(inter)).zip(up.par_chunks(inter)).for_each(|((a, g), u)| swiglu_forward(g, u, a));
+            let middle = pool.copy_of(&h);
+            let (mlp_x, mlp_inv_rms) = rms_norm(pool, &h, self.w(at.mlp_norm, d), self.mlp_eps[l]);
+            let mut gate_up = pool.take_for_overwrite(n * 2 * inter);
+            gemm_into(&mut gate_up, 2 * inter, Operand::rows(&mlp_x, d), Operand::rows(self.fused(at.gate_up, d * 2 * inter), 2 * inter), (n, d, 2 * inter), false, true);
+            let mut act = pool.take_for_overwrite(n * inter);
+            act.par_chunks_mut(inter).zip(gate_up.par_chunks(2 * inter)).for_each(|(a, gu)| swiglu_forward(gu, a));
             gemm_into(&mut h, d, Operand::rows(&act, inter), Operand::rows(self.w(at.down, inter * d), d), (n, inter, d), true, true);
-            saved.push(LayerActivations { input, attn_x, attn_inv_rms, qkv, probs, context, middle, mlp_x, mlp_inv_rms, gate, up, act });
+            saved.push(LayerActivations { input, attn_x, attn_inv_rms, qkv, probs, context, middle, mlp_x, mlp_inv_rms, gate_up, act });
         }
-        let (normed, inv_rms) = rms_norm(&h, self.w(self.norm, d), self.final_eps);
+        let (normed, inv_rms) = rms_norm(pool, &h, self.w(self.norm, d), self.final_eps);
 
         // The loss, from logits at answer positions only.
         let answer_rows: Vec<usize> = (0..n).filter(|&i| batch.mask[i] != 0.0).collect();
         let na = answer_rows.len();
-        let mut picked = vec![0.0f32; na * d];
+        let mut picked = pool.take_for_overwrite(na * d);
         for (out, &i) in picked.chunks_exact_mut(d).zip(&answer_rows) {
             out.copy_from_slice(&normed[i * d..(i + 1) * d]);
         }
@@ -222,7 +283,7 @@ impl CpuTrainPass {
             Some(offset) => Operand::rows(self.w(offset, d * vocab), vocab),
             None => Operand::rows(embed, d).t(),
         };
-        let mut logits = vec![0.0f32; na * vocab];
+        let mut logits = pool.take_for_overwrite(na * vocab);
         gemm_into(&mut logits, vocab, Operand::rows(&picked, d), head, (na, d, vocab), false, true);
         let scale = 1.0 / batch.answer_tokens;
         let row_losses: Vec<f64> = logits
@@ -234,7 +295,7 @@ impl CpuTrainPass {
         // `logits` now holds d loss / d logits.
 
         let mut grad = vec![0.0f32; self.values.len()];
-        let mut dpicked = vec![0.0f32; na * d];
+        let mut dpicked = pool.take_for_overwrite(na * d);
         match self.lm_head {
             Some(offset) => {
                 gemm_into(&mut grad[offset..], vocab, Operand::rows(&picked, d).t(), Operand::rows(&logits, vocab), (d, na, vocab), false, true);
@@ -245,46 +306,43 @@ impl CpuTrainPass {
                 gemm_into(&mut dpicked, d, Operand::rows(&logits, vocab), Operand::rows(embed, d), (na, vocab, d), false, true);
             }
         }
-        let mut dnormed = vec![0.0f32; n * d];
+        let mut dnormed = pool.take(n * d);
         for (g, &i) in dpicked.chunks_exact(d).zip(&answer_rows) {
             dnormed[i * d..(i + 1) * d].copy_from_slice(g);
         }
-        drop(logits);
-        let mut dh = vec![0.0f32; n * d];
+        pool.give([logits, picked]);
+        let mut dh = pool.take(n * d);
         rms_norm_backward(&dnormed, &h, &inv_rms, self.w(self.norm, d), &mut dh, &mut grad[self.norm..self.norm + d]);
 
-        let mut dx = vec![0.0f32; n * d];
+        let mut dx = pool.take_for_overwrite(n * d);
         for (at, s) in self.layers.iter().zip(&saved).rev() {
             // MLP: h_out = middle + act · W_down.
-            let mut dact = vec![0.0f32; n * inter];
+            let mut dact = pool.take_for_overwrite(n * inter);
             gemm_into(&mut dact, inter, Operand::rows(&dh, d), Operand::rows(self.w(at.down, inter * d), d).t(), (n, d, inter), false, true);
             gemm_into(&mut grad[at.down..], d, Operand::rows(&s.act, inter).t(), Operand::rows(&dh, d), (inter, n, d), false, true);
-            let mut dgate = vec![0.0f32; n * inter];
-            let mut dup = dact;
-            dgate.par_chunks_mut(inter).zip(dup.par_chunks_mut(inter)).zip(s.gate.par_chunks(inter)).zip(s.up.par_chunks(inter)).for_each(
-                |(((dg, du), g), u)| swiglu_backward(g, u, dg, du),
-            );
-            gemm_into(&mut grad[at.gate..], inter, Operand::rows(&s.mlp_x, d).t(), Operand::rows(&dgate, inter), (d, n, inter), false, true);
-            gemm_into(&mut grad[at.up..], inter, Operand::rows(&s.mlp_x, d).t(), Operand::rows(&dup, inter), (d, n, inter), false, true);
-            gemm_into(&mut dx, d, Operand::rows(&dgate, inter), Operand::rows(self.w(at.gate, d * inter), inter).t(), (n, inter, d), false, true);
-            gemm_into(&mut dx, d, Operand::rows(&dup, inter), Operand::rows(self.w(at.up, d * inter), inter).t(), (n, inter, d), true, true);
+            let mut dgate_up = pool.take_for_overwrite(n * 2 * inter);
+            dgate_up.par_chunks_mut(2 * inter).zip(dact.par_chunks(inter)).zip(s.gate_up.par_chunks(2 * inter)).for_each(|((dgu, da), gu)| swiglu_backward(gu, da, dgu));
+            for (offset, from) in [(at.gate, 0), (at.up, inter)] {
+                gemm_into(&mut grad[offset..], inter, Operand::rows(&s.mlp_x, d).t(), Operand::band(&dgate_up, 2 * inter, from), (d, n, inter), false, true);
+            }
+            gemm_into(&mut dx, d, Operand::rows(&dgate_up, 2 * inter), Operand::rows(self.fused(at.gate_up, d * 2 * inter), 2 * inter).t(), (n, 2 * inter, d), false, true);
             rms_norm_backward(&dx, &s.middle, &s.mlp_inv_rms, self.w(at.mlp_norm, d), &mut dh, &mut grad[at.mlp_norm..at.mlp_norm + d]);
 
             // Attention: middle = input + context · W_o.
-            let mut dcontext = vec![0.0f32; n * d];
+            let mut dcontext = pool.take_for_overwrite(n * d);
             gemm_into(&mut dcontext, d, Operand::rows(&dh, d), Operand::rows(self.w(at.o, d * d), d).t(), (n, d, d), false, true);
             gemm_into(&mut grad[at.o..], d, Operand::rows(&s.context, d).t(), Operand::rows(&dh, d), (d, n, d), false, true);
-            let mut dqkv = vec![0.0f32; n * qkv_width];
+            let mut dqkv = pool.take(n * qkv_width);
             dqkv.par_chunks_mut(width * qkv_width).zip(dcontext.par_chunks(width * d)).zip(s.qkv.par_chunks(width * qkv_width)).zip(s.probs.par_chunks(self.n_heads * width * width)).for_each(
                 |(((dqkv, dcontext), qkv), probs)| attention_backward(&shape, qkv, probs, dcontext, dqkv),
             );
             dqkv.par_chunks_mut(qkv_width).enumerate().for_each(|(row, x)| unrotate_row(&mut x[..d + kv], &cos, &sin, row % width, self.head_dim));
-            for (i, (offset, from, cols)) in [(at.q, 0, d), (at.k, d, kv), (at.v, d + kv, kv)].into_iter().enumerate() {
-                let band = Operand::band(&dqkv, qkv_width, from);
-                gemm_into(&mut grad[offset..], cols, Operand::rows(&s.attn_x, d).t(), band, (d, n, cols), false, true);
-                gemm_into(&mut dx, d, band, Operand::rows(self.w(offset, d * cols), cols).t(), (n, cols, d), i > 0, true);
+            for (offset, from, cols) in [(at.q, 0, d), (at.k, d, kv), (at.v, d + kv, kv)] {
+                gemm_into(&mut grad[offset..], cols, Operand::rows(&s.attn_x, d).t(), Operand::band(&dqkv, qkv_width, from), (d, n, cols), false, true);
             }
+            gemm_into(&mut dx, d, Operand::rows(&dqkv, qkv_width), Operand::rows(self.fused(at.qkv, d * qkv_width), qkv_width).t(), (n, qkv_width, d), false, true);
             rms_norm_backward(&dx, &s.input, &s.attn_inv_rms, self.w(at.attn_norm, d), &mut dh, &mut grad[at.attn_norm..at.attn_norm + d]);
+            pool.give([dact, dgate_up, dcontext, dqkv]);
         }
         // Embedding rows: what each input token's row received (pads too; theirs is zero).
         let dembed = &mut grad[self.embed..self.embed + vocab * d];
@@ -293,6 +351,10 @@ impl CpuTrainPass {
                 *e += g;
             }
         }
+        for s in saved {
+            pool.give([s.input, s.attn_x, s.attn_inv_rms, s.qkv, s.probs, s.context, s.middle, s.mlp_x, s.mlp_inv_rms, s.gate_up, s.act]);
+        }
+        pool.give([h, normed, inv_rms, dpicked, dnormed, dh, dx]);
         (loss, grad)
     }
 }
@@ -308,10 +370,10 @@ struct Shape {
 }
 
 /// `x / rms(x) · gamma` per row, and each row's `1 / rms`.
-fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+fn rms_norm(pool: &Buffers, x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
-    let mut out = vec![0.0f32; x.len()];
-    let mut inv = vec![0.0f32; x.len() / d];
+    let mut out = pool.take_for_overwrite(x.len());
+    let mut inv = pool.take_for_overwrite(x.len() / d);
     out.par_chunks_mut(d).zip(inv.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(64).for_each(|((out, inv), x)| *inv = rms_norm_row(x, gamma, eps, out));
     (out, inv)
 }
@@ -477,8 +539,9 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 }
 
 simd_fn! {
-    /// `act = silu(gate) · up`.
-    fn swiglu_forward(gate: &[f32], up: &[f32], act: &mut [f32]) {
+    /// `act = silu(gate) · up` for one row of `[gate | up]`.
+    fn swiglu_forward(gate_up: &[f32], act: &mut [f32]) {
+        let (gate, up) = gate_up.split_at(act.len());
         for (a, &g) in act.iter_mut().zip(gate) {
             *a = -g;
         }
@@ -490,18 +553,19 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// From `dact` (held in `dup` on entry): `dgate = dact·up·σ(g)(1 + g(1 - σ(g)))` and
+    /// One row of `[dgate | dup]` from `dact`: `dgate = dact·up·σ(g)(1 + g(1 - σ(g)))`,
     /// `dup = dact·silu(g)`.
-    fn swiglu_backward(gate: &[f32], up: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-        for (s, &g) in dgate.iter_mut().zip(gate) {
-            *s = -g;
+    fn swiglu_backward(gate_up: &[f32], dact: &[f32], dgate_up: &mut [f32]) {
+        let (gate, up) = gate_up.split_at(dact.len());
+        let (dgate, dup) = dgate_up.split_at_mut(dact.len());
+        for (e, &g) in dgate.iter_mut().zip(gate) {
+            *e = -g;
         }
         exp_in_place(dgate);
-        for (((dg, du), &g), &u) in dgate.iter_mut().zip(dup.iter_mut()).zip(gate).zip(up) {
+        for ((((dg, du), &g), &u), &da) in dgate.iter_mut().zip(dup.iter_mut()).zip(gate).zip(up).zip(dact) {
             let sigmoid = 1.0 / (1.0 + *dg);
-            let dact = *du;
-            *dg = dact * u * sigmoid * (1.0 + g * (1.0 - sigmoid));
-            *du = dact * g * sigmoid;
+            *dg = da * u * sigmoid * (1.0 + g * (1.0 - sigmoid));
+            *du = da * g * sigmoid;
         }
     }
 }

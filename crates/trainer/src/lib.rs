@@ -27,7 +27,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 pub use batch::{Batch, answer_loss, answer_nll, token_batch};
-pub use surgery::{Gradient, PcgradPlan, Projection, agem_project, agem_project_flat, agem_project_grads, combine, combine_grads, gradient_gram, gram, pcgrad_plan};
+pub use surgery::{Gradient, PcgradPlan, Projection, agem_project, agem_project_flat, agem_project_in_place, agem_project_grads, combine, combine_grads, gradient_gram, gram, pcgrad_plan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +114,8 @@ pub struct Trainer {
     /// Gradients from the fused CPU pass (`evolve_model::CpuTrainPass`) instead of burn's
     /// autodiff: on the CPU unless turned off.
     fused_cpu: bool,
+    /// The last step's pass, whose buffers the next step reuses.
+    spent_pass: Option<CpuTrainPass>,
 }
 
 /// Why optimizer state could not be saved or resumed.
@@ -134,7 +136,7 @@ impl Trainer {
         };
         let fused_cpu = device.clone().inner() == cpu_device();
         // Stable ids: optimizer state saved here lines up with the same model loaded elsewhere.
-        Trainer { model: model.with_stable_param_ids().fork(&device).train(), optimizer, config, device, resumed_at: 0, fused_cpu }
+        Trainer { model: model.with_stable_param_ids().fork(&device).train(), optimizer, config, device, resumed_at: 0, fused_cpu, spent_pass: None }
     }
 
     /// Writes the optimizer's state (moments, step counts) and the schedule position to `path`
@@ -208,7 +210,7 @@ impl Trainer {
             let problems = next_batch();
             report.examples += problems.len();
             // The fused pass reads a host copy of the weights, taken once per step.
-            let pass = self.fused_cpu.then(|| CpuTrainPass::new(&self.model));
+            let pass = self.fused_cpu.then(|| CpuTrainPass::reusing(&self.model, self.spent_pass.take()));
             let (loss_value, mut grads) = if self.config.surgery == Surgery::Pcgrad {
                 let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, pass.as_ref(), &mut rng);
                 report.tokens += tokens;
@@ -233,6 +235,7 @@ impl Trainer {
                 (Gradient::Tensors(grads), _) => grads,
                 (Gradient::Host(_), None) => unreachable!("host gradients come only from the fused pass"),
             };
+            self.spent_pass = pass;
             let lr = self.lr_at(self.resumed_at + step, self.resumed_at + steps);
             self.model = self.optimizer.step(lr, self.model.clone(), grads);
             if step == 0 {

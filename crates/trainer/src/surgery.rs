@@ -22,17 +22,41 @@ pub struct Projection<G = GradientsParams> {
     pub cosine: f64,
 }
 
-/// A-GEM on plain vectors: the reference implementation the tensor version is tested against.
+/// A-GEM on plain vectors: returns the projected gradient, whether it projected, and the cosine.
 pub fn agem_project_flat(g: &[f32], r: &[f32]) -> (Vec<f32>, bool, f64) {
-    let dot: f64 = g.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum();
-    let gg: f64 = g.iter().map(|a| (*a as f64).powi(2)).sum();
-    let rr: f64 = r.iter().map(|b| (*b as f64).powi(2)).sum();
+    let mut out = g.to_vec();
+    let (projected, cosine) = agem_project_in_place(&mut out, r);
+    (out, projected, cosine)
+}
+
+/// A-GEM on a host vector, in place: one pass for the three sums (f64 partial sums per lane, so
+/// the loop vectorizes), one more only when it projects.
+pub fn agem_project_in_place(g: &mut [f32], r: &[f32]) -> (bool, f64) {
+    const LANES: usize = 4;
+    let (mut dot, mut gg, mut rr) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+    let (g4, r4) = (g.chunks_exact(LANES), r.chunks_exact(LANES));
+    let tail: Vec<(f64, f64)> = g4.remainder().iter().zip(r4.remainder()).map(|(a, b)| (*a as f64, *b as f64)).collect();
+    for (a, b) in g4.zip(r4) {
+        for i in 0..LANES {
+            let (a, b) = (a[i] as f64, b[i] as f64);
+            dot[i] += a * b;
+            gg[i] += a * a;
+            rr[i] += b * b;
+        }
+    }
+    let sum = |lanes: [f64; LANES], tail: f64| lanes.iter().sum::<f64>() + tail;
+    let dot = sum(dot, tail.iter().map(|(a, b)| a * b).sum());
+    let gg = sum(gg, tail.iter().map(|(a, _)| a * a).sum());
+    let rr = sum(rr, tail.iter().map(|(_, b)| b * b).sum());
     let cosine = cosine(dot, gg, rr);
     if dot >= 0.0 || rr == 0.0 {
-        return (g.to_vec(), false, cosine);
+        return (false, cosine);
     }
     let scale = dot / rr;
-    (g.iter().zip(r).map(|(a, b)| (*a as f64 - scale * *b as f64) as f32).collect(), true, cosine)
+    for (a, b) in g.iter_mut().zip(r) {
+        *a = (*a as f64 - scale * *b as f64) as f32;
+    }
+    (true, cosine)
 }
 
 fn cosine(dot: f64, gg: f64, rr: f64) -> f64 {
@@ -42,9 +66,9 @@ fn cosine(dot: f64, gg: f64, rr: f64) -> f64 {
 /// A-GEM of `g` against the reference gradient `r`, both of the same kind.
 pub fn agem_project<M: Module>(module: &M, g: Gradient, r: &Gradient) -> Projection<Gradient> {
     match (g, r) {
-        (Gradient::Host(g), Gradient::Host(r)) => {
-            let (grads, projected, cosine) = agem_project_flat(&g, r);
-            Projection { grads: Gradient::Host(grads), projected, cosine }
+        (Gradient::Host(mut g), Gradient::Host(r)) => {
+            let (projected, cosine) = agem_project_in_place(&mut g, r);
+            Projection { grads: Gradient::Host(g), projected, cosine }
         }
         (Gradient::Tensors(g), Gradient::Tensors(r)) => {
             let p = agem_project_grads(module, g, r);

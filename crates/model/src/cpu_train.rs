@@ -133,7 +133,7 @@ struct LayerActivations {
     attn_inv_rms: Vec<f32>,
     /// `[n, d + 2 kv]`: queries and keys after rotary, values.
     qkv: Vec<f32>,
-    /// `[rows, heads, width, width]`, zero above the diagonal.
+    /// `[heads, len, len]` per row, zero above the diagonal.
     probs: Vec<f32>,
     context: Vec<f32>,
     middle: Vec<f32>,
@@ -234,18 +234,26 @@ impl CpuTrainPass {
     /// The loss of `batch` and its gradient, flat in `slots()` order.
     pub fn loss_and_gradient(&self, batch: &TokenBatch) -> (f32, Vec<f32>) {
         let (rows, width) = (batch.rows, batch.width);
-        let n = rows * width;
-        assert!(batch.inputs.len() == n && batch.targets.len() == n && batch.mask.len() == n, "token batch is not {rows}x{width}");
+        assert!(batch.inputs.len() == rows * width && batch.targets.len() == rows * width && batch.mask.len() == rows * width, "token batch is not {rows}x{width}");
+        // Each row runs only up to its last answer token: under causal attention later positions
+        // (the right padding) cannot change the loss, so the batch is packed without them and
+        // attention runs per row at that row's length.
+        let lengths: Vec<usize> = batch.mask.chunks_exact(width).map(|m| m.iter().rposition(|&m| m != 0.0).map_or(0, |p| p + 1)).collect();
+        let packed: Vec<usize> = lengths.iter().enumerate().flat_map(|(r, &len)| r * width..r * width + len).collect();
+        let n = packed.len();
+        let positions: Vec<usize> = packed.iter().map(|&i| i % width).collect();
+        let (inputs, targets, mask): (Vec<u32>, Vec<u32>, Vec<f32>) = (packed.iter().map(|&i| batch.inputs[i]).collect(), packed.iter().map(|&i| batch.targets[i]).collect(), packed.iter().map(|&i| batch.mask[i]).collect());
         let (d, kv, inter, vocab) = (self.d, self.kv_dim(), self.inter, self.vocab);
         let pool = &self.buffers;
         let qkv_width = d + 2 * kv;
         let (cos, sin) = rope_table(self.head_dim, self.rope_theta, width);
         let embed = self.w(self.embed, vocab * d);
-        let shape = Shape { width, d, kv, heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
+        let shape = Shape { d, kv, heads: self.n_heads, kv_heads: self.n_kv_heads, head_dim: self.head_dim };
+        let heads = self.n_heads;
 
         // Forward, keeping what the backward pass reads.
         let mut h = pool.take_for_overwrite(n * d);
-        for (out, &t) in h.chunks_exact_mut(d).zip(&batch.inputs) {
+        for (out, &t) in h.chunks_exact_mut(d).zip(&inputs) {
             out.copy_from_slice(&embed[t as usize * d..(t as usize + 1) * d]);
         }
         let mut saved = Vec::with_capacity(self.layers.len());
@@ -254,12 +262,15 @@ impl CpuTrainPass {
             let (attn_x, attn_inv_rms) = rms_norm(pool, &h, self.w(at.attn_norm, d), self.attn_eps[l]);
             let mut qkv = pool.take_for_overwrite(n * qkv_width);
             gemm_into(&mut qkv, qkv_width, Operand::rows(&attn_x, d), Operand::rows(self.fused(at.qkv, d * qkv_width), qkv_width), (n, d, qkv_width), false, true);
-            qkv.par_chunks_mut(qkv_width).enumerate().for_each(|(row, x)| rotate_row(&mut x[..d + kv], &cos, &sin, row % width, self.head_dim));
-            let mut probs = pool.take(rows * self.n_heads * width * width);
+            qkv.par_chunks_mut(qkv_width).zip(positions.par_iter()).for_each(|(x, &p)| rotate_row(&mut x[..d + kv], &cos, &sin, p, self.head_dim));
+            let mut probs = pool.take(lengths.iter().map(|l| heads * l * l).sum());
             let mut context = pool.take(n * d);
-            context.par_chunks_mut(width * d).zip(probs.par_chunks_mut(self.n_heads * width * width)).zip(qkv.par_chunks(width * qkv_width)).for_each(
-                |((context, probs), qkv)| attention_forward(&shape, qkv, probs, context),
-            );
+            split_mut(&mut context, lengths.iter().map(|l| l * d))
+                .into_par_iter()
+                .zip(split_mut(&mut probs, lengths.iter().map(|l| heads * l * l)))
+                .zip(split(&qkv, lengths.iter().map(|l| l * qkv_width)))
+                .zip(lengths.par_iter())
+                .for_each(|(((context, probs), qkv), &len)| attention_forward(&shape, len, qkv, probs, context));
             gemm_into(&mut h, d, Operand::rows(&context, d), Operand::rows(self.w(at.o, d * d), d), (n, d, d), true, true);
             let middle = pool.copy_of(&h);
             let (mlp_x, mlp_inv_rms) = rms_norm(pool, &h, self.w(at.mlp_norm, d), self.mlp_eps[l]);
@@ -273,7 +284,7 @@ impl CpuTrainPass {
         let (normed, inv_rms) = rms_norm(pool, &h, self.w(self.norm, d), self.final_eps);
 
         // The loss, from logits at answer positions only.
-        let answer_rows: Vec<usize> = (0..n).filter(|&i| batch.mask[i] != 0.0).collect();
+        let answer_rows: Vec<usize> = (0..n).filter(|&i| mask[i] != 0.0).collect();
         let na = answer_rows.len();
         let mut picked = pool.take_for_overwrite(na * d);
         for (out, &i) in picked.chunks_exact_mut(d).zip(&answer_rows) {
@@ -289,7 +300,7 @@ impl CpuTrainPass {
         let row_losses: Vec<f64> = logits
             .par_chunks_mut(vocab)
             .zip(answer_rows.par_iter())
-            .map(|(z, &i)| cross_entropy_backward(z, batch.targets[i] as usize, batch.mask[i], scale) as f64)
+            .map(|(z, &i)| cross_entropy_backward(z, targets[i] as usize, mask[i], scale) as f64)
             .collect();
         let loss = (row_losses.iter().sum::<f64>() * scale as f64) as f32;
         // `logits` now holds d loss / d logits.
@@ -333,10 +344,14 @@ impl CpuTrainPass {
             gemm_into(&mut dcontext, d, Operand::rows(&dh, d), Operand::rows(self.w(at.o, d * d), d).t(), (n, d, d), false, true);
             gemm_into(&mut grad[at.o..], d, Operand::rows(&s.context, d).t(), Operand::rows(&dh, d), (d, n, d), false, true);
             let mut dqkv = pool.take(n * qkv_width);
-            dqkv.par_chunks_mut(width * qkv_width).zip(dcontext.par_chunks(width * d)).zip(s.qkv.par_chunks(width * qkv_width)).zip(s.probs.par_chunks(self.n_heads * width * width)).for_each(
-                |(((dqkv, dcontext), qkv), probs)| attention_backward(&shape, qkv, probs, dcontext, dqkv),
-            );
-            dqkv.par_chunks_mut(qkv_width).enumerate().for_each(|(row, x)| unrotate_row(&mut x[..d + kv], &cos, &sin, row % width, self.head_dim));
+            split_mut(&mut dqkv, lengths.iter().map(|l| l * qkv_width))
+                .into_par_iter()
+                .zip(split(&dcontext, lengths.iter().map(|l| l * d)))
+                .zip(split(&s.qkv, lengths.iter().map(|l| l * qkv_width)))
+                .zip(split(&s.probs, lengths.iter().map(|l| heads * l * l)))
+                .zip(lengths.par_iter())
+                .for_each(|((((dqkv, dcontext), qkv), probs), &len)| attention_backward(&shape, len, qkv, probs, dcontext, dqkv));
+            dqkv.par_chunks_mut(qkv_width).zip(positions.par_iter()).for_each(|(x, &p)| unrotate_row(&mut x[..d + kv], &cos, &sin, p, self.head_dim));
             for (offset, from, cols) in [(at.q, 0, d), (at.k, d, kv), (at.v, d + kv, kv)] {
                 gemm_into(&mut grad[offset..], cols, Operand::rows(&s.attn_x, d).t(), Operand::band(&dqkv, qkv_width, from), (d, n, cols), false, true);
             }
@@ -344,9 +359,9 @@ impl CpuTrainPass {
             rms_norm_backward(&dx, &s.input, &s.attn_inv_rms, self.w(at.attn_norm, d), &mut dh, &mut grad[at.attn_norm..at.attn_norm + d]);
             pool.give([dact, dgate_up, dcontext, dqkv]);
         }
-        // Embedding rows: what each input token's row received (pads too; theirs is zero).
+        // Embedding rows: what each input token's row received.
         let dembed = &mut grad[self.embed..self.embed + vocab * d];
-        for (g, &t) in dh.chunks_exact(d).zip(&batch.inputs) {
+        for (g, &t) in dh.chunks_exact(d).zip(&inputs) {
             for (e, g) in dembed[t as usize * d..(t as usize + 1) * d].iter_mut().zip(g) {
                 *e += g;
             }
@@ -359,9 +374,29 @@ impl CpuTrainPass {
     }
 }
 
+/// `buffer` cut into consecutive parts of the given sizes (one per batch row).
+fn split_mut(mut buffer: &mut [f32], sizes: impl Iterator<Item = usize>) -> Vec<&mut [f32]> {
+    sizes
+        .map(|size| {
+            let (part, rest) = std::mem::take(&mut buffer).split_at_mut(size);
+            buffer = rest;
+            part
+        })
+        .collect()
+}
+
+fn split(mut buffer: &[f32], sizes: impl Iterator<Item = usize>) -> Vec<&[f32]> {
+    sizes
+        .map(|size| {
+            let (part, rest) = buffer.split_at(size);
+            buffer = rest;
+            part
+        })
+        .collect()
+}
+
 /// Attention shapes, shared by the per-row loops.
 struct Shape {
-    width: usize,
     d: usize,
     kv: usize,
     heads: usize,
@@ -445,10 +480,10 @@ fn unrotate_row(x: &mut [f32], cos: &[f32], sin: &[f32], position: usize, head_d
 }
 
 simd_fn! {
-    /// Causal attention of one batch row: `probs` `[heads, width, width]` and `context`
-    /// `[width, d]` from `qkv` `[width, d + 2 kv]`.
-    fn attention_forward(s: &Shape, qkv: &[f32], probs: &mut [f32], context: &mut [f32]) {
-        let (w, hd, d, kv) = (s.width, s.head_dim, s.d, s.kv);
+    /// Causal attention of one batch row of `w` positions: `probs` `[heads, w, w]` and `context`
+    /// `[w, d]` from `qkv` `[w, d + 2 kv]`.
+    fn attention_forward(s: &Shape, w: usize, qkv: &[f32], probs: &mut [f32], context: &mut [f32]) {
+        let (hd, d, kv) = (s.head_dim, s.d, s.kv);
         let stride = d + 2 * kv;
         let groups = s.heads / s.kv_heads;
         let scale = (hd as f64).sqrt().recip() as f32;
@@ -484,8 +519,8 @@ simd_fn! {
     /// Backward of `attention_forward` for one batch row: `dqkv` (queries and keys in rotated
     /// space) from `dcontext`. Keys and values shared by a group of query heads sum the group's
     /// gradients.
-    fn attention_backward(s: &Shape, qkv: &[f32], probs: &[f32], dcontext: &[f32], dqkv: &mut [f32]) {
-        let (w, hd, d, kv) = (s.width, s.head_dim, s.d, s.kv);
+    fn attention_backward(s: &Shape, w: usize, qkv: &[f32], probs: &[f32], dcontext: &[f32], dqkv: &mut [f32]) {
+        let (hd, d, kv) = (s.head_dim, s.d, s.kv);
         let stride = d + 2 * kv;
         let groups = s.heads / s.kv_heads;
         let scale = (hd as f64).sqrt().recip() as f32;

@@ -291,22 +291,29 @@ async fn ablation_compares_arms_from_one_base() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ablate.db");
     let curriculum = micro_with(dir.path(), &[]);
-    let out = evolve(&["ablate", "--curriculum", curriculum.to_str().unwrap(), "--ledger", db.to_str().unwrap(), "--cycles", "1", "--no-progress"]);
+    let out = evolve(&["ablate", "--curriculum", curriculum.to_str().unwrap(), "--ledger", db.to_str().unwrap(), "--cycles", "1", "--seeds", "2", "--no-progress"]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     for arm in ["adversarial+agem", "uniform+agem", "adversarial+pcgrad", "adversarial+none"] {
         assert!(said.contains(arm), "{arm} missing: {said}");
     }
-    let arms: Vec<(String, String, String, i64, i64, i64, f64, f64)> =
-        query(&db, "SELECT arm, sampling, surgery, run_id, cycles, tokens_trained, frontier_gain, forgetting FROM v_ablations ORDER BY run_id").await;
-    assert_eq!(arms.len(), 4, "{arms:?}");
-    assert!(arms.iter().all(|a| a.4 == 1 && a.5 > 0 && a.6.abs() <= 1.0 && a.7.abs() <= 1.0), "{arms:?}");
-    // Equal seeds: every arm starts from the same base checkpoint, pretrained once.
+    assert!(said.contains("mean over 2 seeds"), "{said}");
+    let arms: Vec<(i64, String, String, String, i64, i64, i64, f64, f64)> =
+        query(&db, "SELECT ablation_id, arm, sampling, surgery, run_id, cycles, tokens_trained, frontier_gain, forgetting FROM v_ablations ORDER BY run_id").await;
+    assert_eq!(arms.len(), 8, "{arms:?}");
+    assert!(arms.iter().all(|a| a.5 == 1 && a.6 > 0 && a.7.abs() <= 1.0 && a.8.abs() <= 1.0), "{arms:?}");
+    let ids: Vec<i64> = arms.iter().map(|a| a.0).collect();
+    assert_eq!(ids, [1, 1, 1, 1, 2, 2, 2, 2], "one ablation per seed");
+    // Equal seeds within a comparison, and one base for all: pretrained once.
     let bases: Vec<(i64, String)> = query(&db, "SELECT run_id, checkpoint_hash FROM v_cycles WHERE cycle = 0 ORDER BY run_id").await;
-    assert_eq!(bases.len(), 4);
+    assert_eq!(bases.len(), 8);
     assert!(bases.iter().all(|b| b.1 == bases[0].1), "{bases:?}");
+    // The second seed trains on other examples: its first arm's candidate differs.
+    let trained: Vec<(i64, String)> = query(&db, "SELECT run_id, checkpoint_hash FROM v_cycles WHERE cycle = 1 AND run_id IN (1, 5) ORDER BY run_id").await;
+    assert_eq!(trained.len(), 2);
+    assert_ne!(trained[0].1, trained[1].1, "{trained:?}");
     // The surgery each arm asked for is what its cycles ran.
     let surgery: Vec<(i64, String)> = query(&db, "SELECT run_id, mode FROM v_surgery ORDER BY run_id").await;
     let modes: Vec<&str> = surgery.iter().map(|s| s.1.as_str()).collect();
-    assert_eq!(modes, ["agem", "agem", "pcgrad", "none"]);
+    assert_eq!(modes, ["agem", "agem", "pcgrad", "none", "agem", "agem", "pcgrad", "none"]);
 }

@@ -115,6 +115,10 @@ enum Command {
         /// Cycles per arm (default: the curriculum's `cycle.max_cycles`).
         #[arg(long)]
         cycles: Option<u32>,
+        /// Run the comparison once per seed (the curriculum's seed, then the next ones), each
+        /// recorded as an ablation of its own, and print the mean over them too.
+        #[arg(long, default_value_t = 1)]
+        seeds: u32,
         #[arg(long)]
         no_progress: bool,
     },
@@ -273,29 +277,21 @@ async fn execute(command: Command) -> Result<(), String> {
             let options = WorkerOptions { connect, roles, device, name, token };
             tokio::task::spawn_blocking(move || evolve_meta::worker::work(options)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
         }
-        Command::Ablate { curriculum, ledger, budget, device, cycles, no_progress } => {
+        Command::Ablate { curriculum, ledger, budget, device, cycles, seeds, no_progress } => {
             let budget = Budget::parse(&budget).map_err(|e| e.to_string())?;
             let device = device.as_deref().map(DeviceChoice::parse).transpose().map_err(|e| e.to_string())?;
             budget.device_with(device).map_err(|e| e.to_string())?;
-            let options = evolve_meta::AblateOptions { curriculum_path: curriculum.clone(), ledger_path: ledger.clone(), budget, device, cycles, progress: !no_progress };
+            let options = evolve_meta::AblateOptions { curriculum_path: curriculum.clone(), ledger_path: ledger.clone(), budget, device, cycles, seeds, progress: !no_progress };
             let report = evolve_meta::ablate(options).await.map_err(|e| e.to_string())?;
-            println!("ablation {} of {} ({:.0}s; ledger {}, view v_ablations)", report.ablation_id, curriculum.display(), report.seconds, ledger.display());
-            println!("{:<20} {:>4} {:>6} {:>8} {:>10} {:>14} {:>11} {:>14} {:>7}", "arm", "run", "cycles", "accepted", "tokens", "frontier gain", "forgetting", "refusal drift", "seconds");
-            for a in &report.arms {
-                println!(
-                    "{:<20} {:>4} {:>6} {:>8} {:>10} {:>+13.1}p {:>+10.1}p {:>+13.1}p {:>7.0}",
-                    a.arm,
-                    a.run_id,
-                    a.cycles,
-                    a.accepted,
-                    a.tokens_trained,
-                    a.frontier_gain * 100.0,
-                    a.forgetting * 100.0,
-                    a.refusal_drift * 100.0,
-                    a.seconds
-                );
+            for a in &report.ablations {
+                println!("ablation {} of {}, seed {} (ledger {}, view v_ablations)", a.ablation_id, curriculum.display(), a.seed, ledger.display());
+                print_ablation(&a.arms, "run");
             }
-            println!("frontier gain: mean frontier accuracy, last accepted checkpoint minus base; forgetting: mean mastered-suite drop of each cycle's trained candidate vs its parent, before the gate; p = points");
+            if report.ablations.len() > 1 {
+                println!("mean over {} seeds (accepted, cycles and seconds summed):", report.ablations.len());
+                print_ablation(&report.mean(), "first run");
+            }
+            println!("{:.0}s in all; frontier gain: mean frontier accuracy, last accepted checkpoint minus base; forgetting: mean mastered-suite drop of each cycle's trained candidate vs its parent, before the gate; p = points", report.seconds);
             Ok(())
         }
         Command::Status { ledger } => status(&ledger).await.map_err(|e| e.to_string()),
@@ -310,6 +306,24 @@ async fn execute(command: Command) -> Result<(), String> {
 
 async fn open(path: &std::path::Path) -> Result<Ledger, evolve_ledger::LedgerError> {
     Ledger::open_upgrading(path).await
+}
+
+fn print_ablation(arms: &[evolve_ledger::AblationArm], run: &str) {
+    println!("{:<20} {:>9} {:>6} {:>8} {:>10} {:>14} {:>11} {:>14} {:>7}", "arm", run, "cycles", "accepted", "tokens", "frontier gain", "forgetting", "refusal drift", "seconds");
+    for a in arms {
+        println!(
+            "{:<20} {:>9} {:>6} {:>8} {:>10} {:>+13.1}p {:>+10.1}p {:>+13.1}p {:>7.0}",
+            a.arm,
+            a.run_id,
+            a.cycles,
+            a.accepted,
+            a.tokens_trained,
+            a.frontier_gain * 100.0,
+            a.forgetting * 100.0,
+            a.refusal_drift * 100.0,
+            a.seconds
+        );
+    }
 }
 
 async fn status(path: &std::path::Path) -> Result<(), evolve_ledger::LedgerError> {

@@ -2,7 +2,9 @@
 //! (same curriculum, same cycles, steps and batch sizes, the same pretrained base) it runs
 //! (a) adversarial against uniform sampling of examples from the same frontier skills, and
 //! (b) A-GEM against PCGrad against plain fine-tuning, each arm an ordinary run in the same
-//! ledger, and records one comparison table.
+//! ledger, and records one comparison table. With several seeds the whole comparison runs once
+//! per seed (each a table of its own, every arm from the same base), so a claim can be read off
+//! the mean rather than one seed's luck: a single cycle's verdict moves an arm's gain by points.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,13 +24,47 @@ pub struct AblateOptions {
     pub device: Option<DeviceChoice>,
     /// Overrides the curriculum's `cycle.max_cycles`.
     pub cycles: Option<u32>,
+    /// Comparisons to run: seed `s` of the curriculum, then `s + 1`, …
+    pub seeds: u32,
     pub progress: bool,
 }
 
+/// One comparison per seed, in order.
 pub struct AblationReport {
-    pub ablation_id: u32,
-    pub arms: Vec<AblationArm>,
+    pub ablations: Vec<Ablation>,
     pub seconds: f64,
+}
+
+pub struct Ablation {
+    pub ablation_id: u32,
+    pub seed: u64,
+    pub arms: Vec<AblationArm>,
+}
+
+impl AblationReport {
+    /// Each arm's figures averaged over the seeds (run ids and token counts from the first).
+    pub fn mean(&self) -> Vec<AblationArm> {
+        let Some(first) = self.ablations.first() else { return Vec::new() };
+        let n = self.ablations.len() as f64;
+        first
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, arm)| {
+                let all: Vec<&AblationArm> = self.ablations.iter().map(|a| &a.arms[i]).collect();
+                let mean = |f: fn(&AblationArm) -> f64| all.iter().map(|a| f(a)).sum::<f64>() / n;
+                AblationArm {
+                    accepted: all.iter().map(|a| a.accepted).sum(),
+                    cycles: all.iter().map(|a| a.cycles).sum(),
+                    frontier_gain: mean(|a| a.frontier_gain),
+                    forgetting: mean(|a| a.forgetting),
+                    refusal_drift: mean(|a| a.refusal_drift),
+                    seconds: all.iter().map(|a| a.seconds).sum(),
+                    ..arm.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 /// The arms: the curriculum's own surgery with adversarial and with uniform sampling, then
@@ -43,11 +79,26 @@ fn arms(curriculum: &Curriculum) -> Vec<(ExampleSampling, Surgery)> {
 pub async fn ablate(options: AblateOptions) -> Result<AblationReport, Error> {
     let started = Instant::now();
     let curriculum = Curriculum::load(&options.curriculum_path)?;
+    if options.seeds == 0 {
+        return Err(Error::Invalid("--seeds: must be at least 1".into()));
+    }
     let mut base: Option<String> = None;
+    let mut ablations = Vec::new();
+    for k in 0..options.seeds {
+        let seed = curriculum.seed.wrapping_add(u64::from(k));
+        let (ablation_id, arms) = compare(&options, &curriculum, seed, &mut base).await?;
+        ablations.push(Ablation { ablation_id, seed, arms });
+    }
+    Ok(AblationReport { ablations, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Every arm at `seed`, recorded as one ablation. The first arm pretrains the base when `base`
+/// is still unset; every other arm (of every seed) starts from it.
+async fn compare(options: &AblateOptions, curriculum: &Curriculum, seed: u64, base: &mut Option<String>) -> Result<(u32, Vec<AblationArm>), Error> {
     let mut rows = Vec::new();
-    for (sampling, surgery) in arms(&curriculum) {
+    for (sampling, surgery) in arms(curriculum) {
         let arm = format!("{}+{}", sampling.as_str(), surgery.as_str());
-        tracing::info!(arm, "ablation arm started");
+        tracing::info!(arm, seed, "ablation arm started");
         let arm_started = Instant::now();
         let summary = run(RunOptions {
             curriculum_path: options.curriculum_path.clone(),
@@ -61,6 +112,7 @@ pub async fn ablate(options: AblateOptions) -> Result<AblationReport, Error> {
                 surgery: Some(surgery),
                 // Uniform draws ignore the policy's weights; say so in the ledger too.
                 policy: (sampling == ExampleSampling::Uniform).then_some(PolicyKind::Even),
+                seed: Some(seed),
             },
             // Every arm starts from the first arm's base: same seed, same weights.
             base: base.clone(),
@@ -96,5 +148,5 @@ pub async fn ablate(options: AblateOptions) -> Result<AblationReport, Error> {
     }
     ledger.record_ablation(&rows).await?;
     ledger.close().await;
-    Ok(AblationReport { ablation_id, arms: rows, seconds: started.elapsed().as_secs_f64() })
+    Ok((ablation_id, rows))
 }

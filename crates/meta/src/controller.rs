@@ -72,6 +72,8 @@ pub struct Variant {
     pub sampling: Option<ExampleSampling>,
     pub surgery: Option<Surgery>,
     pub policy: Option<PolicyKind>,
+    /// The run's seed (generation, training order, initialisation of anything pretrained).
+    pub seed: Option<u64>,
 }
 
 /// What a run did to the suites, for ablations: the base, the last accepted checkpoint, and per
@@ -118,6 +120,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     curriculum.cycle.sampling = v.sampling.unwrap_or(curriculum.cycle.sampling);
     curriculum.cycle.surgery = v.surgery.unwrap_or(curriculum.cycle.surgery);
     curriculum.cycle.policy = v.policy.unwrap_or(curriculum.cycle.policy);
+    curriculum.seed = v.seed.unwrap_or(curriculum.seed);
     let device = options.budget.device_with(options.device)?;
     let model_config = evolve_model::preset(&curriculum.preset).ok_or_else(|| {
         Error::Invalid(format!(

@@ -102,6 +102,11 @@ impl<'a> Operand<'a> {
         Operand { data: &data[from..], row_stride: cols, col_stride: 1 }
     }
 
+    /// The rows from `row` on.
+    pub fn from_row(self, row: usize) -> Self {
+        Operand { data: &self.data[(row * self.row_stride).min(self.data.len())..], ..self }
+    }
+
     pub fn t(self) -> Self {
         Operand { data: self.data, row_stride: self.col_stride, col_stride: self.row_stride }
     }

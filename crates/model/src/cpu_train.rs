@@ -16,6 +16,8 @@
 
 use burn::module::{Param, ParamId};
 use burn::prelude::Tensor;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{Operand, dot, exp_in_place, gemm_into, rope_table, rotate, side_by_side, simd_fn, values};
@@ -233,16 +235,38 @@ impl CpuTrainPass {
 
     /// The loss of `batch` and its gradient, flat in `slots()` order.
     pub fn loss_and_gradient(&self, batch: &TokenBatch) -> (f32, Vec<f32>) {
-        let (rows, width) = (batch.rows, batch.width);
-        assert!(batch.inputs.len() == rows * width && batch.targets.len() == rows * width && batch.mask.len() == rows * width, "token batch is not {rows}x{width}");
+        self.loss_and_gradients(&[batch]).pop().expect("one batch, one gradient")
+    }
+
+    /// Each batch's loss and gradient, from one pass over all their rows: PCGrad's group
+    /// gradients cost one pass of the batch they were cut from, not one small pass each. Only
+    /// the sums that form weight gradients are split by batch; every row's activations and their
+    /// gradients are the row's alone. (Two full batches are faster in two passes: the doubled
+    /// activations fall out of cache.)
+    pub fn loss_and_gradients(&self, batches: &[&TokenBatch]) -> Vec<(f32, Vec<f32>)> {
         // Each row runs only up to its last answer token: under causal attention later positions
-        // (the right padding) cannot change the loss, so the batch is packed without them and
-        // attention runs per row at that row's length.
-        let lengths: Vec<usize> = batch.mask.chunks_exact(width).map(|m| m.iter().rposition(|&m| m != 0.0).map_or(0, |p| p + 1)).collect();
-        let packed: Vec<usize> = lengths.iter().enumerate().flat_map(|(r, &len)| r * width..r * width + len).collect();
-        let n = packed.len();
-        let positions: Vec<usize> = packed.iter().map(|&i| i % width).collect();
-        let (inputs, targets, mask): (Vec<u32>, Vec<u32>, Vec<f32>) = (packed.iter().map(|&i| batch.inputs[i]).collect(), packed.iter().map(|&i| batch.targets[i]).collect(), packed.iter().map(|&i| batch.mask[i]).collect());
+        // (the right padding) cannot change the loss, so the batches are packed without them, one
+        // after the other, and attention runs per row at that row's length.
+        let (mut lengths, mut groups) = (Vec::new(), Vec::with_capacity(batches.len()));
+        let (mut inputs, mut targets, mut mask, mut positions, mut scales) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for batch in batches {
+            let (rows, width) = (batch.rows, batch.width);
+            assert!(batch.inputs.len() == rows * width && batch.targets.len() == rows * width && batch.mask.len() == rows * width, "token batch is not {rows}x{width}");
+            let start = inputs.len();
+            for r in 0..rows {
+                let at = r * width;
+                let len = batch.mask[at..at + width].iter().rposition(|&m| m != 0.0).map_or(0, |p| p + 1);
+                lengths.push(len);
+                inputs.extend_from_slice(&batch.inputs[at..at + len]);
+                targets.extend_from_slice(&batch.targets[at..at + len]);
+                mask.extend_from_slice(&batch.mask[at..at + len]);
+                positions.extend(0..len);
+            }
+            scales.push(1.0 / batch.answer_tokens);
+            groups.push(start..inputs.len());
+        }
+        let n = inputs.len();
+        let width = batches.iter().map(|b| b.width).max().unwrap_or(1);
         let (d, kv, inter, vocab) = (self.d, self.kv_dim(), self.inter, self.vocab);
         let pool = &self.buffers;
         let qkv_width = d + 2 * kv;
@@ -286,6 +310,8 @@ impl CpuTrainPass {
         // The loss, from logits at answer positions only.
         let answer_rows: Vec<usize> = (0..n).filter(|&i| mask[i] != 0.0).collect();
         let na = answer_rows.len();
+        // Each batch's answer rows, as a range of `answer_rows` (both are in packed order).
+        let answer_groups: Vec<Range<usize>> = groups.iter().map(|g| answer_rows.partition_point(|&i| i < g.start)..answer_rows.partition_point(|&i| i < g.end)).collect();
         let mut picked = pool.take_for_overwrite(na * d);
         for (out, &i) in picked.chunks_exact_mut(d).zip(&answer_rows) {
             out.copy_from_slice(&normed[i * d..(i + 1) * d]);
@@ -296,24 +322,27 @@ impl CpuTrainPass {
         };
         let mut logits = pool.take_for_overwrite(na * vocab);
         gemm_into(&mut logits, vocab, Operand::rows(&picked, d), head, (na, d, vocab), false, true);
-        let scale = 1.0 / batch.answer_tokens;
-        let row_losses: Vec<f64> = logits
-            .par_chunks_mut(vocab)
-            .zip(answer_rows.par_iter())
-            .map(|(z, &i)| cross_entropy_backward(z, targets[i] as usize, mask[i], scale) as f64)
-            .collect();
-        let loss = (row_losses.iter().sum::<f64>() * scale as f64) as f32;
-        // `logits` now holds d loss / d logits.
+        let mut losses = vec![0.0f32; batches.len()];
+        for (g, answers) in answer_groups.iter().enumerate() {
+            let scale = scales[g];
+            let row_losses: Vec<f64> = logits[answers.start * vocab..answers.end * vocab]
+                .par_chunks_mut(vocab)
+                .zip(answer_rows[answers.clone()].par_iter())
+                .map(|(z, &i)| cross_entropy_backward(z, targets[i] as usize, mask[i], scale) as f64)
+                .collect();
+            losses[g] = (row_losses.iter().sum::<f64>() * scale as f64) as f32;
+        }
+        // `logits` now holds d loss / d logits, each row scaled by its own batch's answer tokens.
 
-        let mut grad = vec![0.0f32; self.values.len()];
+        let mut grads = vec![vec![0.0f32; self.values.len()]; batches.len()];
         let mut dpicked = pool.take_for_overwrite(na * d);
         match self.lm_head {
             Some(offset) => {
-                gemm_into(&mut grad[offset..], vocab, Operand::rows(&picked, d).t(), Operand::rows(&logits, vocab), (d, na, vocab), false, true);
+                weight_gradients(&mut grads, offset, &answer_groups, Operand::rows(&picked, d), Operand::rows(&logits, vocab), (d, vocab), false);
                 gemm_into(&mut dpicked, d, Operand::rows(&logits, vocab), Operand::rows(self.w(offset, d * vocab), vocab).t(), (na, vocab, d), false, true);
             }
             None => {
-                gemm_into(&mut grad[self.embed..], d, Operand::rows(&logits, vocab).t(), Operand::rows(&picked, d), (vocab, na, d), false, true);
+                weight_gradients(&mut grads, self.embed, &answer_groups, Operand::rows(&logits, vocab), Operand::rows(&picked, d), (vocab, d), false);
                 gemm_into(&mut dpicked, d, Operand::rows(&logits, vocab), Operand::rows(embed, d), (na, vocab, d), false, true);
             }
         }
@@ -323,26 +352,26 @@ impl CpuTrainPass {
         }
         pool.give([logits, picked]);
         let mut dh = pool.take(n * d);
-        rms_norm_backward(&dnormed, &h, &inv_rms, self.w(self.norm, d), &mut dh, &mut grad[self.norm..self.norm + d]);
+        rms_norm_backward(&dnormed, &h, &inv_rms, self.w(self.norm, d), &mut dh, &mut grads, self.norm, &groups);
 
         let mut dx = pool.take_for_overwrite(n * d);
         for (at, s) in self.layers.iter().zip(&saved).rev() {
             // MLP: h_out = middle + act · W_down.
             let mut dact = pool.take_for_overwrite(n * inter);
             gemm_into(&mut dact, inter, Operand::rows(&dh, d), Operand::rows(self.w(at.down, inter * d), d).t(), (n, d, inter), false, true);
-            gemm_into(&mut grad[at.down..], d, Operand::rows(&s.act, inter).t(), Operand::rows(&dh, d), (inter, n, d), false, true);
+            weight_gradients(&mut grads, at.down, &groups, Operand::rows(&s.act, inter), Operand::rows(&dh, d), (inter, d), false);
             let mut dgate_up = pool.take_for_overwrite(n * 2 * inter);
             dgate_up.par_chunks_mut(2 * inter).zip(dact.par_chunks(inter)).zip(s.gate_up.par_chunks(2 * inter)).for_each(|((dgu, da), gu)| swiglu_backward(gu, da, dgu));
             for (offset, from) in [(at.gate, 0), (at.up, inter)] {
-                gemm_into(&mut grad[offset..], inter, Operand::rows(&s.mlp_x, d).t(), Operand::band(&dgate_up, 2 * inter, from), (d, n, inter), false, true);
+                weight_gradients(&mut grads, offset, &groups, Operand::rows(&s.mlp_x, d), Operand::band(&dgate_up, 2 * inter, from), (d, inter), false);
             }
             gemm_into(&mut dx, d, Operand::rows(&dgate_up, 2 * inter), Operand::rows(self.fused(at.gate_up, d * 2 * inter), 2 * inter).t(), (n, 2 * inter, d), false, true);
-            rms_norm_backward(&dx, &s.middle, &s.mlp_inv_rms, self.w(at.mlp_norm, d), &mut dh, &mut grad[at.mlp_norm..at.mlp_norm + d]);
+            rms_norm_backward(&dx, &s.middle, &s.mlp_inv_rms, self.w(at.mlp_norm, d), &mut dh, &mut grads, at.mlp_norm, &groups);
 
             // Attention: middle = input + context · W_o.
             let mut dcontext = pool.take_for_overwrite(n * d);
             gemm_into(&mut dcontext, d, Operand::rows(&dh, d), Operand::rows(self.w(at.o, d * d), d).t(), (n, d, d), false, true);
-            gemm_into(&mut grad[at.o..], d, Operand::rows(&s.context, d).t(), Operand::rows(&dh, d), (d, n, d), false, true);
+            weight_gradients(&mut grads, at.o, &groups, Operand::rows(&s.context, d), Operand::rows(&dh, d), (d, d), false);
             let mut dqkv = pool.take(n * qkv_width);
             split_mut(&mut dqkv, lengths.iter().map(|l| l * qkv_width))
                 .into_par_iter()
@@ -353,24 +382,26 @@ impl CpuTrainPass {
                 .for_each(|((((dqkv, dcontext), qkv), probs), &len)| attention_backward(&shape, len, qkv, probs, dcontext, dqkv));
             dqkv.par_chunks_mut(qkv_width).zip(positions.par_iter()).for_each(|(x, &p)| unrotate_row(&mut x[..d + kv], &cos, &sin, p, self.head_dim));
             for (offset, from, cols) in [(at.q, 0, d), (at.k, d, kv), (at.v, d + kv, kv)] {
-                gemm_into(&mut grad[offset..], cols, Operand::rows(&s.attn_x, d).t(), Operand::band(&dqkv, qkv_width, from), (d, n, cols), false, true);
+                weight_gradients(&mut grads, offset, &groups, Operand::rows(&s.attn_x, d), Operand::band(&dqkv, qkv_width, from), (d, cols), false);
             }
             gemm_into(&mut dx, d, Operand::rows(&dqkv, qkv_width), Operand::rows(self.fused(at.qkv, d * qkv_width), qkv_width).t(), (n, qkv_width, d), false, true);
-            rms_norm_backward(&dx, &s.input, &s.attn_inv_rms, self.w(at.attn_norm, d), &mut dh, &mut grad[at.attn_norm..at.attn_norm + d]);
+            rms_norm_backward(&dx, &s.input, &s.attn_inv_rms, self.w(at.attn_norm, d), &mut dh, &mut grads, at.attn_norm, &groups);
             pool.give([dact, dgate_up, dcontext, dqkv]);
         }
         // Embedding rows: what each input token's row received.
-        let dembed = &mut grad[self.embed..self.embed + vocab * d];
-        for (g, &t) in dh.chunks_exact(d).zip(&inputs) {
-            for (e, g) in dembed[t as usize * d..(t as usize + 1) * d].iter_mut().zip(g) {
-                *e += g;
+        for (grad, rows) in grads.iter_mut().zip(&groups) {
+            let dembed = &mut grad[self.embed..self.embed + vocab * d];
+            for (g, &t) in dh[rows.start * d..rows.end * d].chunks_exact(d).zip(&inputs[rows.clone()]) {
+                for (e, g) in dembed[t as usize * d..(t as usize + 1) * d].iter_mut().zip(g) {
+                    *e += g;
+                }
             }
         }
         for s in saved {
             pool.give([s.input, s.attn_x, s.attn_inv_rms, s.qkv, s.probs, s.context, s.middle, s.mlp_x, s.mlp_inv_rms, s.gate_up, s.act]);
         }
         pool.give([h, normed, inv_rms, dpicked, dnormed, dh, dx]);
-        (loss, grad)
+        losses.into_iter().zip(grads).collect()
     }
 }
 
@@ -426,10 +457,21 @@ simd_fn! {
 /// Backward of `y = x · r · gamma` with `r = 1 / rms(x)`: `dx += r·u - x·r³·(u·x)/d` with
 /// `u = dy · gamma` (added into `dx`, the residual stream's gradient), `dgamma = Σ dy · x · r`
 /// (summed over rows in order, so it does not depend on the thread count).
-fn rms_norm_backward(dy: &[f32], x: &[f32], inv_rms: &[f32], gamma: &[f32], dx: &mut [f32], dgamma: &mut [f32]) {
+fn rms_norm_backward(dy: &[f32], x: &[f32], inv_rms: &[f32], gamma: &[f32], dx: &mut [f32], grads: &mut [Vec<f32>], offset: usize, groups: &[Range<usize>]) {
     let d = gamma.len();
     dx.par_chunks_mut(d).zip(dy.par_chunks(d)).zip(x.par_chunks(d)).zip(inv_rms.par_iter()).with_min_len(64).for_each(|(((dx, dy), x), &r)| rms_norm_backward_row(dy, x, r, gamma, dx));
-    gamma_gradient(dy, x, inv_rms, dgamma);
+    for (grad, rows) in grads.iter_mut().zip(groups) {
+        let (a, b) = (rows.start * d, rows.end * d);
+        gamma_gradient(&dy[a..b], &x[a..b], &inv_rms[rows.clone()], &mut grad[offset..offset + d]);
+    }
+}
+
+/// For each batch: `grads[g][offset..]` (`[m, n]`, row-major) = `x[rows_g]ᵀ · dy[rows_g]`, the
+/// weight gradient from that batch's rows alone (`accumulate` adds to what is there).
+fn weight_gradients(grads: &mut [Vec<f32>], offset: usize, groups: &[Range<usize>], x: Operand, dy: Operand, (m, n): (usize, usize), accumulate: bool) {
+    for (grad, rows) in grads.iter_mut().zip(groups) {
+        gemm_into(&mut grad[offset..], n, x.from_row(rows.start).t(), dy.from_row(rows.start), (m, rows.len(), n), accumulate, true);
+    }
 }
 
 simd_fn! {

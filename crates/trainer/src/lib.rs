@@ -20,7 +20,7 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord, SgdConfig};
 use burn::prelude::*;
-use evolve_model::{CpuTrainPass, Llama, cpu_device};
+use evolve_model::{CpuTrainPass, Llama, TokenBatch, cpu_device};
 use evolve_tasks::Problem;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -211,25 +211,31 @@ impl Trainer {
             report.examples += problems.len();
             // The fused pass reads a host copy of the weights, taken once per step.
             let pass = self.fused_cpu.then(|| CpuTrainPass::reusing(&self.model, self.spent_pass.take()));
-            let (loss_value, mut grads) = if self.config.surgery == Surgery::Pcgrad {
-                let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, pass.as_ref(), &mut rng);
-                report.tokens += tokens;
-                cosine_sum += plan.mean_cosine;
-                report.projected_steps += usize::from(plan.projections > 0);
-                (loss, grads)
-            } else {
-                let (loss, grads, tokens, _) = self.gradient(&problems, pass.as_ref());
-                report.tokens += tokens;
-                (loss, grads)
+            let (loss_value, grads) = match self.config.surgery {
+                Surgery::Pcgrad => {
+                    let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, pass.as_ref(), &mut rng);
+                    report.tokens += tokens;
+                    cosine_sum += plan.mean_cosine;
+                    report.projected_steps += usize::from(plan.projections > 0);
+                    (loss, grads)
+                }
+                Surgery::Agem => {
+                    // Two passes, not one over both batches: a doubled batch's activations fall
+                    // out of cache, and one pass over twice the rows measured slower than two.
+                    let [(loss, grads, tokens, _)] = self.gradients([&problems[..]], pass.as_ref());
+                    let [(_, reference_grads, reference_tokens, _)] = self.gradients([&next_reference()[..]], pass.as_ref());
+                    report.tokens += tokens + reference_tokens;
+                    let projection = agem_project(&self.model, grads, &reference_grads);
+                    cosine_sum += projection.cosine;
+                    report.projected_steps += usize::from(projection.projected);
+                    (loss, projection.grads)
+                }
+                Surgery::None => {
+                    let [(loss, grads, tokens, _)] = self.gradients([&problems[..]], pass.as_ref());
+                    report.tokens += tokens;
+                    (loss, grads)
+                }
             };
-            if self.config.surgery == Surgery::Agem {
-                let (_, reference_grads, tokens, _) = self.gradient(&next_reference(), pass.as_ref());
-                report.tokens += tokens;
-                let projection = agem_project(&self.model, grads, &reference_grads);
-                grads = projection.grads;
-                cosine_sum += projection.cosine;
-                report.projected_steps += usize::from(projection.projected);
-            }
             let grads = match (grads, &pass) {
                 (Gradient::Host(flat), Some(pass)) => host_gradients(pass, &flat),
                 (Gradient::Tensors(grads), _) => grads,
@@ -253,18 +259,28 @@ impl Trainer {
         report
     }
 
-    /// The loss of `problems` at the current weights, its gradient, the tokens fed and the
-    /// answer tokens the loss averages over.
-    fn gradient(&self, problems: &[Problem], pass: Option<&CpuTrainPass>) -> (f32, Gradient, usize, f32) {
+    /// For each set of problems: its loss at the current weights, its gradient, the tokens fed
+    /// and the answer tokens the loss averages over. The fused pass takes all the sets in one
+    /// pass (PCGrad's groups, small slices of one batch, cost what the batch costs); burn's
+    /// autodiff one backward pass each.
+    fn gradients<const N: usize>(&self, sets: [&[Problem]; N], pass: Option<&CpuTrainPass>) -> [(f32, Gradient, usize, f32); N] {
+        self.gradients_of(&sets, pass).try_into().unwrap_or_else(|_| unreachable!("one gradient per set"))
+    }
+
+    fn gradients_of(&self, sets: &[&[Problem]], pass: Option<&CpuTrainPass>) -> Vec<(f32, Gradient, usize, f32)> {
         if let Some(pass) = pass {
-            let batch = token_batch(problems);
-            let (loss, grad) = pass.loss_and_gradient(&batch);
-            return (loss, Gradient::Host(grad), batch.rows * batch.width, batch.answer_tokens);
+            let batches: Vec<TokenBatch> = sets.iter().map(|s| token_batch(s)).collect();
+            let results = pass.loss_and_gradients(&batches.iter().collect::<Vec<_>>());
+            return results.into_iter().zip(&batches).map(|((loss, grad), b)| (loss, Gradient::Host(grad), b.rows * b.width, b.answer_tokens)).collect();
         }
-        let batch = Batch::new(problems, &self.device);
-        let loss = answer_loss(&self.model, &batch);
-        let value = loss.clone().into_scalar::<f32>();
-        (value, Gradient::Tensors(GradientsParams::from_grads(loss.backward(), &self.model)), batch.tokens, batch.answer_tokens)
+        sets.iter()
+            .map(|problems| {
+                let batch = Batch::new(problems, &self.device);
+                let loss = answer_loss(&self.model, &batch);
+                let value = loss.clone().into_scalar::<f32>();
+                (value, Gradient::Tensors(GradientsParams::from_grads(loss.backward(), &self.model)), batch.tokens, batch.answer_tokens)
+            })
+            .collect()
     }
 
     /// One backward pass per group (skill × level) of `problems`, then PCGrad. Returns the
@@ -275,11 +291,11 @@ impl Trainer {
         for p in problems {
             groups.entry((p.skill.as_str(), p.level)).or_default().push(p.clone());
         }
+        let sets: Vec<&[Problem]> = groups.values().map(Vec::as_slice).collect();
         let mut grads = Vec::with_capacity(groups.len());
         let mut answer_tokens = Vec::with_capacity(groups.len());
         let (mut loss_sum, mut tokens) = (0.0f64, 0);
-        for group in groups.values() {
-            let (loss, grad, fed, answers) = self.gradient(group, pass);
+        for (loss, grad, fed, answers) in self.gradients_of(&sets, pass) {
             tokens += fed;
             loss_sum += loss as f64 * answers as f64;
             answer_tokens.push(answers as f64);

@@ -5,6 +5,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use rayon::prelude::*;
 
 /// A step's gradient: one flat host vector from the fused CPU pass, or burn's per-parameter
 /// tensors on other devices. Each surgery below works on either, with the same mathematics.
@@ -29,33 +30,36 @@ pub fn agem_project_flat(g: &[f32], r: &[f32]) -> (Vec<f32>, bool, f64) {
     (out, projected, cosine)
 }
 
-/// A-GEM on a host vector, in place: one pass for the three sums (f64 partial sums per lane, so
-/// the loop vectorizes), one more only when it projects.
+/// A-GEM on a host vector, in place: one parallel pass for the three sums (f64, per chunk of
+/// fixed size, added in chunk order, so the result does not depend on the thread count), one more
+/// only when it projects.
 pub fn agem_project_in_place(g: &mut [f32], r: &[f32]) -> (bool, f64) {
-    const LANES: usize = 4;
-    let (mut dot, mut gg, mut rr) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
-    let (g4, r4) = (g.chunks_exact(LANES), r.chunks_exact(LANES));
-    let tail: Vec<(f64, f64)> = g4.remainder().iter().zip(r4.remainder()).map(|(a, b)| (*a as f64, *b as f64)).collect();
-    for (a, b) in g4.zip(r4) {
-        for i in 0..LANES {
-            let (a, b) = (a[i] as f64, b[i] as f64);
-            dot[i] += a * b;
-            gg[i] += a * a;
-            rr[i] += b * b;
-        }
-    }
-    let sum = |lanes: [f64; LANES], tail: f64| lanes.iter().sum::<f64>() + tail;
-    let dot = sum(dot, tail.iter().map(|(a, b)| a * b).sum());
-    let gg = sum(gg, tail.iter().map(|(a, _)| a * a).sum());
-    let rr = sum(rr, tail.iter().map(|(_, b)| b * b).sum());
+    const CHUNK: usize = 1 << 16;
+    let partial: Vec<[f64; 3]> = g
+        .par_chunks(CHUNK)
+        .zip(r.par_chunks(CHUNK))
+        .map(|(g, r)| {
+            let (mut dot, mut gg, mut rr) = (0.0f64, 0.0f64, 0.0f64);
+            for (a, b) in g.iter().zip(r) {
+                let (a, b) = (*a as f64, *b as f64);
+                dot += a * b;
+                gg += a * a;
+                rr += b * b;
+            }
+            [dot, gg, rr]
+        })
+        .collect();
+    let [dot, gg, rr] = partial.iter().fold([0.0f64; 3], |acc, p| [acc[0] + p[0], acc[1] + p[1], acc[2] + p[2]]);
     let cosine = cosine(dot, gg, rr);
     if dot >= 0.0 || rr == 0.0 {
         return (false, cosine);
     }
     let scale = dot / rr;
-    for (a, b) in g.iter_mut().zip(r) {
-        *a = (*a as f64 - scale * *b as f64) as f32;
-    }
+    g.par_chunks_mut(CHUNK).zip(r.par_chunks(CHUNK)).for_each(|(g, r)| {
+        for (a, b) in g.iter_mut().zip(r) {
+            *a = (*a as f64 - scale * *b as f64) as f32;
+        }
+    });
     (true, cosine)
 }
 

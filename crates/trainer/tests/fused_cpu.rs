@@ -145,3 +145,25 @@ fn a_trainer_takes_the_same_steps_with_the_fused_pass_under_every_surgery() {
         assert!(moved < 1e-4, "{surgery:?}: weights differ by {moved} (relative)");
     }
 }
+
+#[test]
+fn one_pass_over_several_batches_gives_each_batch_its_own_loss_and_gradient() {
+    for tied in [false, true] {
+        let device = cpu_device();
+        device.seed(9);
+        let model = Llama::init(&config(tied), &device).map(&mut Scale(2.0));
+        let pass = CpuTrainPass::new(&model);
+        let batches = [token_batch(&problems(7, 2)), token_batch(&problems(5, 3)), token_batch(&answering(problems(4, 4), "zz"))];
+        let together = pass.loss_and_gradients(&batches.iter().collect::<Vec<_>>());
+        assert_eq!(together.len(), 3);
+        for (batch, (loss, grad)) in batches.iter().zip(&together) {
+            let (alone_loss, alone) = pass.loss_and_gradient(batch);
+            assert!((loss - alone_loss).abs() <= 1e-6 * alone_loss.abs().max(1.0), "tied={tied}: loss {loss} vs {alone_loss} alone");
+            for slot in pass.slots() {
+                let range = slot.offset..slot.offset + slot.len();
+                let gap = relative_gap(&grad[range.clone()], &alone[range]);
+                assert!(gap < 1e-5, "tied={tied}: {:?} differs by {gap} from the batch alone", slot.shape);
+            }
+        }
+    }
+}

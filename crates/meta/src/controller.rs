@@ -215,6 +215,13 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
         usage: Mutex::default(),
     };
     let result = controller.evolve(options.cycles, origin).await;
+    // Workers stop (and are reaped) first: one killed in the middle of a write left its temp
+    // file, which only a store opened after its death would remove; with every writer gone,
+    // the run leaves no half-written file behind.
+    drop(controller.pool.take());
+    if let Err(e) = controller.ctx.store.remove_stale_temp_files() {
+        tracing::warn!("artifact store: stale temp files not removed: {e}");
+    }
     match &result {
         Ok(summary) => ledger.finish_run(run_id, RunStatus::Finished, Some(&summary.stop_reason)).await?,
         Err(e) => ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?,

@@ -216,11 +216,6 @@ impl CpuTrainPass {
         &self.slots
     }
 
-    /// Length of the flat gradient vector.
-    pub fn parameters(&self) -> usize {
-        self.values.len()
-    }
-
     fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
@@ -338,11 +333,11 @@ impl CpuTrainPass {
         let mut dpicked = pool.take_for_overwrite(na * d);
         match self.lm_head {
             Some(offset) => {
-                weight_gradients(&mut grads, offset, &answer_groups, Operand::rows(&picked, d), Operand::rows(&logits, vocab), (d, vocab), false);
+                weight_gradients(&mut grads, offset, &answer_groups, Operand::rows(&picked, d), Operand::rows(&logits, vocab), (d, vocab));
                 gemm_into(&mut dpicked, d, Operand::rows(&logits, vocab), Operand::rows(self.w(offset, d * vocab), vocab).t(), (na, vocab, d), false, true);
             }
             None => {
-                weight_gradients(&mut grads, self.embed, &answer_groups, Operand::rows(&logits, vocab), Operand::rows(&picked, d), (vocab, d), false);
+                weight_gradients(&mut grads, self.embed, &answer_groups, Operand::rows(&logits, vocab), Operand::rows(&picked, d), (vocab, d));
                 gemm_into(&mut dpicked, d, Operand::rows(&logits, vocab), Operand::rows(embed, d), (na, vocab, d), false, true);
             }
         }
@@ -359,11 +354,11 @@ impl CpuTrainPass {
             // MLP: h_out = middle + act · W_down.
             let mut dact = pool.take_for_overwrite(n * inter);
             gemm_into(&mut dact, inter, Operand::rows(&dh, d), Operand::rows(self.w(at.down, inter * d), d).t(), (n, d, inter), false, true);
-            weight_gradients(&mut grads, at.down, &groups, Operand::rows(&s.act, inter), Operand::rows(&dh, d), (inter, d), false);
+            weight_gradients(&mut grads, at.down, &groups, Operand::rows(&s.act, inter), Operand::rows(&dh, d), (inter, d));
             let mut dgate_up = pool.take_for_overwrite(n * 2 * inter);
             dgate_up.par_chunks_mut(2 * inter).zip(dact.par_chunks(inter)).zip(s.gate_up.par_chunks(2 * inter)).for_each(|((dgu, da), gu)| swiglu_backward(gu, da, dgu));
             for (offset, from) in [(at.gate, 0), (at.up, inter)] {
-                weight_gradients(&mut grads, offset, &groups, Operand::rows(&s.mlp_x, d), Operand::band(&dgate_up, 2 * inter, from), (d, inter), false);
+                weight_gradients(&mut grads, offset, &groups, Operand::rows(&s.mlp_x, d), Operand::band(&dgate_up, 2 * inter, from), (d, inter));
             }
             gemm_into(&mut dx, d, Operand::rows(&dgate_up, 2 * inter), Operand::rows(self.fused(at.gate_up, d * 2 * inter), 2 * inter).t(), (n, 2 * inter, d), false, true);
             rms_norm_backward(&dx, &s.middle, &s.mlp_inv_rms, self.w(at.mlp_norm, d), &mut dh, &mut grads, at.mlp_norm, &groups);
@@ -371,7 +366,7 @@ impl CpuTrainPass {
             // Attention: middle = input + context · W_o.
             let mut dcontext = pool.take_for_overwrite(n * d);
             gemm_into(&mut dcontext, d, Operand::rows(&dh, d), Operand::rows(self.w(at.o, d * d), d).t(), (n, d, d), false, true);
-            weight_gradients(&mut grads, at.o, &groups, Operand::rows(&s.context, d), Operand::rows(&dh, d), (d, d), false);
+            weight_gradients(&mut grads, at.o, &groups, Operand::rows(&s.context, d), Operand::rows(&dh, d), (d, d));
             let mut dqkv = pool.take(n * qkv_width);
             split_mut(&mut dqkv, lengths.iter().map(|l| l * qkv_width))
                 .into_par_iter()
@@ -382,7 +377,7 @@ impl CpuTrainPass {
                 .for_each(|((((dqkv, dcontext), qkv), probs), &len)| attention_backward(&shape, len, qkv, probs, dcontext, dqkv));
             dqkv.par_chunks_mut(qkv_width).zip(positions.par_iter()).for_each(|(x, &p)| unrotate_row(&mut x[..d + kv], &cos, &sin, p, self.head_dim));
             for (offset, from, cols) in [(at.q, 0, d), (at.k, d, kv), (at.v, d + kv, kv)] {
-                weight_gradients(&mut grads, offset, &groups, Operand::rows(&s.attn_x, d), Operand::band(&dqkv, qkv_width, from), (d, cols), false);
+                weight_gradients(&mut grads, offset, &groups, Operand::rows(&s.attn_x, d), Operand::band(&dqkv, qkv_width, from), (d, cols));
             }
             gemm_into(&mut dx, d, Operand::rows(&dqkv, qkv_width), Operand::rows(self.fused(at.qkv, d * qkv_width), qkv_width).t(), (n, qkv_width, d), false, true);
             rms_norm_backward(&dx, &s.input, &s.attn_inv_rms, self.w(at.attn_norm, d), &mut dh, &mut grads, at.attn_norm, &groups);
@@ -467,10 +462,10 @@ fn rms_norm_backward(dy: &[f32], x: &[f32], inv_rms: &[f32], gamma: &[f32], dx: 
 }
 
 /// For each batch: `grads[g][offset..]` (`[m, n]`, row-major) = `x[rows_g]ᵀ · dy[rows_g]`, the
-/// weight gradient from that batch's rows alone (`accumulate` adds to what is there).
-fn weight_gradients(grads: &mut [Vec<f32>], offset: usize, groups: &[Range<usize>], x: Operand, dy: Operand, (m, n): (usize, usize), accumulate: bool) {
+/// weight gradient from that batch's rows alone.
+fn weight_gradients(grads: &mut [Vec<f32>], offset: usize, groups: &[Range<usize>], x: Operand, dy: Operand, (m, n): (usize, usize)) {
     for (grad, rows) in grads.iter_mut().zip(groups) {
-        gemm_into(&mut grad[offset..], n, x.from_row(rows.start).t(), dy.from_row(rows.start), (m, rows.len(), n), accumulate, true);
+        gemm_into(&mut grad[offset..], n, x.from_row(rows.start).t(), dy.from_row(rows.start), (m, rows.len(), n), false, true);
     }
 }
 

@@ -222,8 +222,8 @@ impl Trainer {
                 Surgery::Agem => {
                     // Two passes, not one over both batches: a doubled batch's activations fall
                     // out of cache, and one pass over twice the rows measured slower than two.
-                    let [(loss, grads, tokens, _)] = self.gradients([&problems[..]], pass.as_ref());
-                    let [(_, reference_grads, reference_tokens, _)] = self.gradients([&next_reference()[..]], pass.as_ref());
+                    let (loss, grads, tokens, _) = self.gradient(&problems, pass.as_ref());
+                    let (_, reference_grads, reference_tokens, _) = self.gradient(&next_reference(), pass.as_ref());
                     report.tokens += tokens + reference_tokens;
                     let projection = agem_project(&self.model, grads, &reference_grads);
                     cosine_sum += projection.cosine;
@@ -231,7 +231,7 @@ impl Trainer {
                     (loss, projection.grads)
                 }
                 Surgery::None => {
-                    let [(loss, grads, tokens, _)] = self.gradients([&problems[..]], pass.as_ref());
+                    let (loss, grads, tokens, _) = self.gradient(&problems, pass.as_ref());
                     report.tokens += tokens;
                     (loss, grads)
                 }
@@ -259,14 +259,15 @@ impl Trainer {
         report
     }
 
+    /// One set's loss, gradient, tokens fed and answer tokens (see `gradients_of`).
+    fn gradient(&self, problems: &[Problem], pass: Option<&CpuTrainPass>) -> (f32, Gradient, usize, f32) {
+        self.gradients_of(&[problems], pass).pop().expect("one set, one gradient")
+    }
+
     /// For each set of problems: its loss at the current weights, its gradient, the tokens fed
     /// and the answer tokens the loss averages over. The fused pass takes all the sets in one
     /// pass (PCGrad's groups, small slices of one batch, cost what the batch costs); burn's
     /// autodiff one backward pass each.
-    fn gradients<const N: usize>(&self, sets: [&[Problem]; N], pass: Option<&CpuTrainPass>) -> [(f32, Gradient, usize, f32); N] {
-        self.gradients_of(&sets, pass).try_into().unwrap_or_else(|_| unreachable!("one gradient per set"))
-    }
-
     fn gradients_of(&self, sets: &[&[Problem]], pass: Option<&CpuTrainPass>) -> Vec<(f32, Gradient, usize, f32)> {
         if let Some(pass) = pass {
             let batches: Vec<TokenBatch> = sets.iter().map(|s| token_batch(s)).collect();

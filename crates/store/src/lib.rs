@@ -156,14 +156,49 @@ fn temp_file_writer(name: &str) -> Option<u32> {
 
 /// Whether `pid` is a running process here. Without `/proc` nothing can be told, so every
 /// writer counts as alive and nothing is removed.
+///
+/// A zombie is not alive: a worker SIGKILLed with its controller is reparented, and where
+/// PID 1 does not reap (a container's entry process often does not) it stays in `/proc`
+/// as state `Z` for good, and so would its half-written file.
 fn process_alive(pid: u32) -> bool {
     let proc = Path::new("/proc");
-    !proc.is_dir() || proc.join(pid.to_string()).exists()
+    if !proc.is_dir() {
+        return true;
+    }
+    let Ok(stat) = std::fs::read_to_string(proc.join(pid.to_string()).join("stat")) else { return false };
+    // `pid (comm) state ...`: comm may hold spaces and parentheses, so the state follows
+    // the last `)`.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X' | 'x'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_zombie_writer_is_dead_and_its_temp_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id();
+        let temp = dir.path().join(format!(".abc.safetensors.tmp-{pid}-3"));
+        std::fs::write(&temp, b"half").unwrap();
+        assert!(process_alive(pid));
+        assert!(store.remove_stale_temp_files().unwrap().is_empty(), "a live writer's file stays");
+        child.kill().unwrap();
+        // Not waited for: the child is a zombie until reaped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "still a zombie in /proc");
+        assert!(!process_alive(pid));
+        assert_eq!(store.remove_stale_temp_files().unwrap(), vec![temp]);
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
 
     #[test]
     fn put_get_round_trip_and_detect_tampering() {

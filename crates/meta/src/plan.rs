@@ -6,8 +6,10 @@
 //!
 //! The estimates are first-order and say so: FLOPs are the usual 2·params per token forward and
 //! 6·params per token for a training step, at the catalogue's dense bf16 throughput times an
-//! assumed model FLOPs utilisation ([`MFU`]); memory is weights + gradients + AdamW moments (at
-//! the preset's dtype) plus an activation estimate for one training batch.
+//! assumed model FLOPs utilisation ([`MFU`]), but never faster than the step's kernel launches
+//! one after another ([`LAUNCH_SECONDS`] each: what bounds a small model on a big GPU); memory
+//! is weights + gradients + AdamW moments (at the preset's dtype) plus an activation estimate for
+//! one training batch.
 
 use evolve_curriculum::{Candidates, Curriculum};
 use evolve_model::LlamaConfig;
@@ -68,12 +70,40 @@ pub struct MemoryEstimate {
     pub fits: bool,
 }
 
-/// FLOPs of one cycle per role.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// What one kernel launch costs a GPU whatever the kernel does: CUDA's launch latency plus the
+/// framework's dispatch (2–10 µs as commonly measured; the low end is taken, so the estimate
+/// errs towards short jobs). A small model's step is a few hundred launches that each do little,
+/// so its time is bound by their number, not by its FLOPs: a training step of the tiny preset
+/// is 0.02 ms of FLOPs on a 4090 at [`MFU`] and 2 ms of launches.
+pub const LAUNCH_SECONDS: f64 = 5e-6;
+/// Sequences decoded together (`DecodeOptions`' batch).
+const DECODE_BATCH: f64 = 256.0;
+
+/// Kernels one training step launches one after another: per layer about 15 forward (two
+/// norms, the projections, rotary, attention, SwiGLU, residuals) and 30 backward, times the
+/// surgery's passes; then one fused optimizer kernel per parameter tensor (9 per layer).
+pub fn train_step_launches(model: &LlamaConfig, surgery: Surgery) -> f64 {
+    let layers = model.num_hidden_layers as f64;
+    (45.0 * layers + 10.0) * surgery_factor(surgery) + 9.0 * layers + 5.0
+}
+
+/// Kernels that decoding `sequences` launches one after another: batches of [`DECODE_BATCH`],
+/// each a prefill and then one step per answer token (answers taken as a quarter of the
+/// context), each step about 15 kernels per layer.
+fn decode_launches(model: &LlamaConfig, sequences: f64) -> f64 {
+    let steps = 1.0 + (model.max_position_embeddings as f64 / 4.0).ceil();
+    (sequences / DECODE_BATCH).ceil() * steps * (15.0 * model.num_hidden_layers as f64 + 5.0)
+}
+
+/// FLOPs of one cycle per role, and the kernel launches that bound it from below.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CycleWork {
     pub generator_flops: f64,
     pub discriminator_flops: f64,
     pub trainer_flops: f64,
+    pub generator_launches: f64,
+    pub discriminator_launches: f64,
+    pub trainer_launches: f64,
 }
 
 impl CycleWork {
@@ -83,6 +113,17 @@ impl CycleWork {
             Role::Discriminator => self.discriminator_flops,
             Role::Trainer => self.trainer_flops,
         }
+    }
+
+    /// Device-seconds of `role`'s work on devices of `flops_per_second`: its FLOPs' time, or its
+    /// launches' when those take longer.
+    pub fn seconds(&self, role: Role, flops_per_second: f64) -> f64 {
+        let launches = match role {
+            Role::Generator => self.generator_launches,
+            Role::Discriminator => self.discriminator_launches,
+            Role::Trainer => self.trainer_launches,
+        };
+        (self.of(role) / flops_per_second).max(launches * LAUNCH_SECONDS)
     }
 }
 
@@ -99,7 +140,8 @@ pub struct Plan {
     pub placements: Vec<Placement>,
     pub memory: MemoryEstimate,
     pub work: CycleWork,
-    /// Seconds per role for one cycle with its workers, at [`MFU`] of peak throughput.
+    /// Seconds per role for one cycle with its workers, at [`MFU`] of peak throughput or at
+    /// [`LAUNCH_SECONDS`] per kernel launch, whichever is longer (see [`CycleWork::seconds`]).
     pub role_seconds: Vec<(Role, f64)>,
     /// One cycle start to end (generate, then train, then evaluate).
     pub cycle_latency_seconds: f64,
@@ -166,8 +208,17 @@ pub fn cycle_work(model: &LlamaConfig, curriculum: &Curriculum) -> CycleWork {
     let snapshots = if c.snapshot_every == 0 { 1 } else { c.train_steps.div_ceil(c.snapshot_every) } as f64;
     let suites = (curriculum.mastered().len() + curriculum.frontier().len()) as f64;
     let eval_problems = suites * curriculum.eval.suite_size as f64 + 2.0 * curriculum.eval.refusal_probes as f64;
-    let discriminator_flops = 2.0 * p * seq * eval_problems * (snapshots * c.candidates.get() as f64 + 3.0);
-    CycleWork { generator_flops, discriminator_flops, trainer_flops }
+    let evaluations = snapshots * c.candidates.get() as f64 + 3.0;
+    let discriminator_flops = 2.0 * p * seq * eval_problems * evaluations;
+    CycleWork {
+        generator_flops,
+        discriminator_flops,
+        trainer_flops,
+        // Mining's probes are one decoding, synthesis's samples another.
+        generator_launches: decode_launches(model, probes) + decode_launches(model, generated_sequences - probes),
+        discriminator_launches: decode_launches(model, eval_problems) * evaluations,
+        trainer_launches: train_step_launches(model, c.surgery) * c.train_steps as f64 * c.candidates.get() as f64,
+    }
 }
 
 /// Workers per role for `devices` devices: one trainer per candidate a cycle trains (more would
@@ -266,7 +317,7 @@ pub fn plan(budget: &Budget, preset: &str, model: &LlamaConfig, curriculum: &Cur
     let flops_per_second = budget.model.bf16_tflops * 1e12 * MFU;
     // A shared device does its roles in turn: each role's time is its work over its workers,
     // and roles sharing a device add up.
-    let role_seconds: Vec<(Role, f64)> = workers.iter().map(|&(r, n)| (r, work.of(r) / (n.max(1) as f64 * flops_per_second))).collect();
+    let role_seconds: Vec<(Role, f64)> = workers.iter().map(|&(r, n)| (r, work.seconds(r, flops_per_second) / n.max(1) as f64)).collect();
     let seconds_of = |r: Role| role_seconds.iter().find(|(x, _)| *x == r).map_or(0.0, |(_, s)| *s);
     let cycle_latency_seconds = roles.iter().map(|&r| seconds_of(r)).sum();
     let cycle_seconds = placements.iter().map(|p| p.roles.iter().map(|&r| seconds_of(r)).sum::<f64>()).fold(0.0, f64::max);
@@ -323,7 +374,7 @@ impl Plan {
                 let _ = writeln!(out, "  on the CPU: host memory");
             }
         }
-        let _ = writeln!(out, "expected per cycle (at {:.0}% of the catalogue's bf16 peak):", MFU * 100.0);
+        let _ = writeln!(out, "expected per cycle (at {:.0}% of the catalogue's bf16 peak, or {:.0} µs per kernel launch where launches take longer):", MFU * 100.0, LAUNCH_SECONDS * 1e6);
         for (role, s) in &self.role_seconds {
             let flops = self.work.of(*role);
             let _ = writeln!(out, "  {:<13} {:>10.3e} FLOPs  {:>10.2} s", role.as_str(), flops, s);
@@ -366,7 +417,7 @@ mod tests {
 
     #[test]
     fn roles_cover_every_device_once_with_one_trainer() {
-        let work = CycleWork { generator_flops: 3.0, discriminator_flops: 1.0, trainer_flops: 5.0 };
+        let work = CycleWork { generator_flops: 3.0, discriminator_flops: 1.0, trainer_flops: 5.0, ..CycleWork::default() };
         for n in 1..=64 {
             let placements = assign_roles(n, &work, 1);
             assert_eq!(placements.iter().map(|p| p.device).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
@@ -386,7 +437,7 @@ mod tests {
         let trainers = |n, candidates| assign_roles(n, &work, candidates).iter().filter(|p| p.roles == [Role::Trainer]).count();
         assert_eq!((trainers(40, 8), trainers(4, 8), trainers(3, 8)), (8, 2, 1));
         // Even a role with no measured work keeps one worker.
-        let lopsided = assign_roles(5, &CycleWork { generator_flops: 1.0, discriminator_flops: 0.0, trainer_flops: 1.0 }, 1);
+        let lopsided = assign_roles(5, &CycleWork { generator_flops: 1.0, discriminator_flops: 0.0, trainer_flops: 1.0, ..CycleWork::default() }, 1);
         assert_eq!(lopsided.iter().filter(|p| p.roles == [Role::Discriminator]).count(), 1);
     }
 
@@ -431,13 +482,18 @@ mod tests {
         let trainer = p40.role_seconds.iter().find(|(r, _)| *r == Role::Trainer).unwrap().1;
         // `candidates = "auto"`: a trainer per candidate, each training one.
         assert_eq!(p40.candidates, AUTO_CANDIDATES_MAX);
-        assert!((trainer - p40.work.trainer_flops / (p40.candidates as f64 * 165e12 * MFU)).abs() < 1e-12);
+        // The tiny preset's steps are bound by their kernel launches on a 4090, not its FLOPs.
+        let (flops_bound, launch_bound) = (p40.work.trainer_flops / (165e12 * MFU), p40.work.trainer_launches * LAUNCH_SECONDS);
+        assert!(launch_bound > flops_bound, "{launch_bound} s of launches, {flops_bound} s of FLOPs");
+        assert!((trainer - launch_bound / p40.candidates as f64).abs() < 1e-12);
         assert!(p40.cycle_seconds <= p40.cycle_latency_seconds && p40.cycle_seconds >= trainer);
         assert_eq!(p40.cycles_in_duration, Some((12.0 * 3600.0 / p40.cycle_seconds).floor() as u64));
-        // Twice the throughput per device halves the time; one device does everything in turn.
-        let one = plan(&Budget::parse("1xRTX4090").unwrap(), "tiny", &model, &c);
+        // For a model big enough to be bound by its FLOPs, six times the throughput per device
+        // is a sixth of the time; one device does everything in turn.
+        let big = LlamaConfig { hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: Some(32), max_position_embeddings: 2048, ..model };
+        let one = plan(&Budget::parse("1xRTX4090").unwrap(), "7b", &big, &c);
         assert!((one.cycle_seconds - one.cycle_latency_seconds).abs() < 1e-12);
-        let h100 = plan(&Budget::parse("1xH100").unwrap(), "tiny", &model, &c);
+        let h100 = plan(&Budget::parse("1xH100").unwrap(), "7b", &big, &c);
         assert!((h100.cycle_seconds * 989.0 - one.cycle_seconds * 165.0).abs() < 1e-9 * one.cycle_seconds * 165.0);
         let text = p40.render();
         assert!(text.contains("trainer") && text.contains("fits in one RTX4090") && text.contains("$13.60/hour"), "{text}");

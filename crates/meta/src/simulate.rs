@@ -7,7 +7,8 @@
 //! first); every snapshot's evaluation at once; the previous accepted cycle's recompression
 //! running from the cycle's start to its commit), and one simulated worker
 //! per device of the plan takes leases of its roles and holds each for the time the catalogue's
-//! throughput gives the job's FLOPs (at [`MFU`]).
+//! throughput gives the job's FLOPs (at [`MFU`]), or its kernel launches one after another
+//! when those take longer (`CycleWork::seconds`: a small model on a big GPU is launch-bound).
 //!
 //! What is modelled and what is measured:
 //! - Each HTTP exchange between a worker and the control plane costs [`NETWORK_ONE_WAY`] each
@@ -35,7 +36,8 @@ use serde::Serialize;
 
 use crate::budget::Budget;
 use crate::control::{FALLBACK, HEARTBEAT, Queue, RoleJob, Tick};
-use crate::plan::{MFU, Plan, Role};
+use crate::plan::{LAUNCH_SECONDS, MFU, Plan, Role, train_step_launches};
+use evolve_trainer::Surgery;
 
 /// One way of an HTTP exchange between a worker and the control plane.
 pub const NETWORK_ONE_WAY: Duration = Duration::from_micros(250);
@@ -128,13 +130,17 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
     let c = &curriculum.cycle;
     let snapshots = if c.snapshot_every == 0 { 1 } else { c.train_steps.div_ceil(c.snapshot_every) };
     let candidates = c.candidates.get();
-    let evaluate = plan.work.discriminator_flops / (snapshots * candidates + 3) as f64 / flops_per_second;
-    let generate = plan.work.generator_flops / flops_per_second;
+    let work = &plan.work;
+    let evaluate = work.seconds(Role::Discriminator, flops_per_second) / (snapshots * candidates + 3) as f64;
+    let generate = work.seconds(Role::Generator, flops_per_second);
     // The plan's trainer work covers every candidate.
-    let train = plan.work.trainer_flops / candidates as f64 / flops_per_second;
-    let pretrain = 6.0 * p * seq * (curriculum.pretrain.batch_size * curriculum.pretrain.steps) as f64 / flops_per_second;
+    let train = work.seconds(Role::Trainer, flops_per_second) / candidates as f64;
+    // A training job of `steps`, each of `flops` and `launches` (see `CycleWork::seconds`).
+    let training = |flops: f64, launches: f64, steps: usize| steps as f64 * (flops / flops_per_second).max(launches * LAUNCH_SECONDS);
+    let pretrain = training(6.0 * p * seq * curriculum.pretrain.batch_size as f64, train_step_launches(model, Surgery::None), curriculum.pretrain.steps);
     // The learned judge: 2 layers at d=64 over bytes, about 0.1M parameters, batches of 32.
-    let judge = 6.0 * 1e5 * seq * 32.0 * curriculum.discriminator.train_steps as f64 / flops_per_second;
+    let judge_model = LlamaConfig { num_hidden_layers: 2, ..model.clone() };
+    let judge = training(6.0 * 1e5 * seq * 32.0, train_step_launches(&judge_model, Surgery::None), curriculum.discriminator.train_steps);
     // Recompression's FLOPs are its three quantized copies' evaluations, one part each (the
     // lossless part's coding is not counted).
     let recompress = vec![(Role::Discriminator, evaluate); 3];

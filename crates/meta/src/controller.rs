@@ -274,6 +274,26 @@ struct NextGeneration {
     job: GenerateJob,
     policy: Vec<PolicyChoice>,
     pending: Pending<GenerateResult>,
+    /// In a pool, the recalibration on the accepted child, queued as soon as the gate accepted
+    /// it (while the commit waits for the previous cycle's recompression): the checkpoint it
+    /// recalibrates on, when it was queued, and its result to come.
+    recalibration: Option<(String, String, Pending<GenerateResult>)>,
+}
+
+/// Cycle `cycle`'s recalibration on its parent of what `generation` made against `mined`, when
+/// that checkpoint is not the parent (the previous cycle was accepted) and the generation kept a
+/// pool.
+fn recalibration_job(c: &Curriculum, cycle: u32, parent: &str, mined: &str, generated: &GenerateResult, generation: &GenerateJob) -> Option<RecalibrateJob> {
+    let pool = generated.pool.clone().filter(|_| mined != parent)?;
+    Some(RecalibrateJob {
+        cycle,
+        parent: parent.to_string(),
+        pool,
+        synthesis_report: generated.synthesis.clone(),
+        judgements: generated.judgements.clone(),
+        generation: generation.clone(),
+        seed: cycle_seed(c.seed, cycle, 6),
+    })
 }
 
 /// A recompression under way: its job, the lossless evaluation its copies are compared with,
@@ -653,24 +673,18 @@ impl Controller {
             _ => self.start_generation(cycle, &mined, history),
         };
         let policy = generation.policy;
+        let early = generation.recalibration.filter(|(on, _, _)| *on == parent.0);
         let mut generated = generation.pending.wait()?;
         self.policy.observe(&mined, &generated.mining);
         let failures: usize = generated.mining.iter().map(|m| m.failures).sum();
         let probes: usize = generated.mining.iter().map(|m| m.probes).sum();
         self.step(cycle, "generator", "mine", &started, generated.mine_ms, &serde_json::json!({"mined": mined, "targets": generated.mining})).await?;
         self.step(cycle, "generator", "synthesize", &started, generated.synthesize_ms, &generated.synthesis).await?;
-        if let Some(pool) = generated.pool.clone().filter(|_| mined != parent.0) {
-            let job = RecalibrateJob {
-                cycle,
-                parent: parent.0.clone(),
-                pool,
-                synthesis_report: generated.synthesis.clone(),
-                judgements: generated.judgements.clone(),
-                generation: generation.job.clone(),
-                seed: cycle_seed(c.seed, cycle, 6),
+        if let Some(job) = recalibration_job(&c, cycle, &parent.0, &mined, &generated, &generation.job) {
+            let (started, recalibrated) = match early {
+                Some((_, queued, pending)) => (queued, pending.wait()?),
+                None => (now_iso(), self.generator.recalibrate(&job)?),
             };
-            let started = now_iso();
-            let recalibrated = self.generator.recalibrate(&job)?;
             self.step(cycle, "generator", "recalibrate", &started, recalibrated.synthesize_ms, &serde_json::json!({"parent": parent.0, "synthesis": recalibrated.synthesis})).await?;
             generated = GenerateResult { mining: generated.mining, mine_ms: generated.mine_ms, ..recalibrated };
         }
@@ -755,6 +769,9 @@ impl Controller {
             .collect();
         let status = if decision.accepted { CycleStatus::Accepted } else { CycleStatus::Rejected };
         let reason = format!("{} (snapshot at step {} of {})", decision.reason, snapshot.report.steps, job.steps);
+        if decision.accepted && self.pool.is_some() {
+            self.recalibrate_early(&snapshot.checkpoint, &parent.0)?;
+        }
         self.commit(cycle, status, snapshot, &evaluation, examples, reason.clone(), gap, policy).await?;
         info!(cycle, status = status.as_str(), %reason, "cycle committed");
         if !decision.accepted {
@@ -793,7 +810,23 @@ impl Controller {
         };
         let policy = self.policy_records(cycle, &choices);
         let pending = self.generator.start_generate(&job);
-        NextGeneration { job, policy, pending }
+        NextGeneration { job, policy, pending, recalibration: None }
+    }
+
+    /// Queues the next cycle's recalibration on `child`, just accepted, before this cycle's
+    /// commit: the commit may wait for the previous cycle's recompression, and a pool's workers
+    /// would otherwise idle through that wait and then through the recalibration, which the next
+    /// cycle's training waits for. Its inputs are the ones the next cycle would give it, so the
+    /// run computes the same; a crash before the commit redoes this cycle and this job with it.
+    fn recalibrate_early(&mut self, child: &str, mined: &str) -> Result<(), Error> {
+        let Some(mut next) = self.next_generation.take() else { return Ok(()) };
+        let generated = next.pending.wait()?;
+        if let Some(job) = recalibration_job(&self.ctx.curriculum, next.job.cycle, child, mined, &generated, &next.job) {
+            next.recalibration = Some((child.to_string(), now_iso(), self.generator.start_recalibrate(&job)));
+        }
+        next.pending = Pending::ready(Ok(generated));
+        self.next_generation = Some(next);
+        Ok(())
     }
 
     /// The pipeline's next stage: while cycle `cycle` trains, the next cycle's examples are made

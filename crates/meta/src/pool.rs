@@ -177,10 +177,15 @@ impl GeneratorRole for RemoteRoles {
     }
 
     fn recalibrate(&mut self, job: &RecalibrateJob) -> Result<GenerateResult, Error> {
-        match self.call(Job::Recalibrate(job.clone()))? {
+        self.start_recalibrate(job).wait()
+    }
+
+    fn start_recalibrate(&mut self, job: &RecalibrateJob) -> Pending<GenerateResult> {
+        let waiting = self.0.submit(Job::Recalibrate(job.clone()));
+        Pending::later(move || match wait(waiting)? {
             JobResult::Generate(r) => Ok(r),
             other => Err(mismatch("recalibrate", &other)),
-        }
+        })
     }
 }
 

@@ -272,6 +272,10 @@ pub trait GeneratorRole {
     /// The batch of the generation `job.pool` came from, recalibrated on `job.parent`; its
     /// mining is the generation's, not repeated here (empty).
     fn recalibrate(&mut self, job: &RecalibrateJob) -> Result<GenerateResult, Error>;
+    /// A recalibration that may finish later.
+    fn start_recalibrate(&mut self, job: &RecalibrateJob) -> Pending<GenerateResult> {
+        Pending::ready(self.recalibrate(job))
+    }
 }
 
 pub struct LocalGenerator(pub Arc<Context>);

@@ -5,7 +5,8 @@
 //! base: pretrain, evaluate, recompress, the judge's bootstrap; per cycle: generate; the judge
 //! and every candidate's training at once (unless a skill is judge-decided: then the judge
 //! first); every snapshot's evaluation at once; the previous accepted cycle's recompression
-//! running from the cycle's start to its commit), and one simulated worker
+//! running from the cycle's start to its commit; the next cycle's recalibration queued once the
+//! gate accepts, before that commit), and one simulated worker
 //! per device of the plan takes leases of its roles and holds each for the time the catalogue's
 //! throughput gives the job's FLOPs (at [`MFU`]), or its kernel launches one after another
 //! when those take longer (`CycleWork::seconds`: a small model on a big GPU is launch-bound).
@@ -169,14 +170,12 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
     let overlap_judge = curriculum.unverifiable().is_empty();
     // Cycle 1's generation is made at its start; each later one while the cycle before trains.
     let mut generation = stage(&mut jobs, &mut script, 1, &[(g, generate)]);
+    let mut recalibration = Vec::new();
     for cycle in 1..=cycles {
         script.push(Action::Await(generation.clone()));
-        if cycle > 1 {
-            // Made against the previous cycle's parent; recalibrated on its child (every cycle
-            // is taken as accepted).
-            let ids = stage(&mut jobs, &mut script, cycle, &[(g, recalibrate)]);
-            script.push(Action::Await(ids));
-        }
+        // Made against the previous cycle's parent; recalibrated on its child (every cycle is
+        // taken as accepted), queued when the previous cycle's gate accepted.
+        script.push(Action::Await(std::mem::take(&mut recalibration)));
         if !overlap_judge {
             let ids = stage(&mut jobs, &mut script, cycle, &[(d, judge)]);
             script.push(Action::Await(ids));
@@ -203,6 +202,12 @@ fn run_script(plan: &Plan, model: &LlamaConfig, curriculum: &Curriculum, flops_p
             .collect();
         script.push(Action::Chain(chains));
         script.push(Action::Await(judging));
+        if cycle < cycles {
+            // `Controller::recalibrate_early`: the next batch is recalibrated on this cycle's
+            // child while the commit waits for the previous cycle's recompression.
+            script.push(Action::Await(generation.clone()));
+            recalibration = stage(&mut jobs, &mut script, cycle + 1, &[(g, recalibrate)]);
+        }
         script.push(Action::Await(recompressing));
     }
     let ids = stage(&mut jobs, &mut script, cycles, &recompress);

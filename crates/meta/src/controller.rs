@@ -275,14 +275,20 @@ struct NextGeneration {
     policy: Vec<PolicyChoice>,
     pending: Pending<GenerateResult>,
     /// In a pool, the recalibration on the accepted child, queued as soon as the gate accepted
-    /// it (while the commit waits for the previous cycle's recompression): the checkpoint it
-    /// recalibrates on, when it was queued, and its result to come.
-    recalibration: Option<(String, String, Pending<GenerateResult>)>,
+    /// it (while the commit waits for the previous cycle's recompression).
+    recalibration: Option<EarlyRecalibration>,
 }
 
-/// Cycle `cycle`'s recalibration on its parent of what `generation` made against `mined`, when
-/// that checkpoint is not the parent (the previous cycle was accepted) and the generation kept a
-/// pool.
+struct EarlyRecalibration {
+    /// The checkpoint it recalibrates on: the next cycle's parent.
+    on: String,
+    queued_at: String,
+    pending: Pending<GenerateResult>,
+}
+
+/// Cycle `cycle`'s job recalibrating on `parent` the batch `generation` made against `mined`:
+/// none when the two are one checkpoint (the previous cycle was rejected) or the generation kept
+/// no pool (uniform sampling).
 fn recalibration_job(c: &Curriculum, cycle: u32, parent: &str, mined: &str, generated: &GenerateResult, generation: &GenerateJob) -> Option<RecalibrateJob> {
     let pool = generated.pool.clone().filter(|_| mined != parent)?;
     Some(RecalibrateJob {
@@ -673,18 +679,21 @@ impl Controller {
             _ => self.start_generation(cycle, &mined, history),
         };
         let policy = generation.policy;
-        let early = generation.recalibration.filter(|(on, _, _)| *on == parent.0);
+        let early = generation.recalibration.filter(|r| r.on == parent.0);
         let mut generated = generation.pending.wait()?;
         self.policy.observe(&mined, &generated.mining);
         let failures: usize = generated.mining.iter().map(|m| m.failures).sum();
         let probes: usize = generated.mining.iter().map(|m| m.probes).sum();
         self.step(cycle, "generator", "mine", &started, generated.mine_ms, &serde_json::json!({"mined": mined, "targets": generated.mining})).await?;
         self.step(cycle, "generator", "synthesize", &started, generated.synthesize_ms, &generated.synthesis).await?;
-        if let Some(job) = recalibration_job(&c, cycle, &parent.0, &mined, &generated, &generation.job) {
-            let (started, recalibrated) = match early {
-                Some((_, queued, pending)) => (queued, pending.wait()?),
-                None => (now_iso(), self.generator.recalibrate(&job)?),
-            };
+        let recalibrated = match early {
+            Some(r) => Some((r.queued_at, r.pending.wait()?)),
+            None => match recalibration_job(&c, cycle, &parent.0, &mined, &generated, &generation.job) {
+                Some(job) => Some((now_iso(), self.generator.recalibrate(&job)?)),
+                None => None,
+            },
+        };
+        if let Some((started, recalibrated)) = recalibrated {
             self.step(cycle, "generator", "recalibrate", &started, recalibrated.synthesize_ms, &serde_json::json!({"parent": parent.0, "synthesis": recalibrated.synthesis})).await?;
             generated = GenerateResult { mining: generated.mining, mine_ms: generated.mine_ms, ..recalibrated };
         }
@@ -822,7 +831,7 @@ impl Controller {
         let Some(mut next) = self.next_generation.take() else { return Ok(()) };
         let generated = next.pending.wait()?;
         if let Some(job) = recalibration_job(&self.ctx.curriculum, next.job.cycle, child, mined, &generated, &next.job) {
-            next.recalibration = Some((child.to_string(), now_iso(), self.generator.start_recalibrate(&job)));
+            next.recalibration = Some(EarlyRecalibration { on: child.to_string(), queued_at: now_iso(), pending: self.generator.start_recalibrate(&job) });
         }
         next.pending = Pending::ready(Ok(generated));
         self.next_generation = Some(next);

@@ -469,6 +469,17 @@ impl Controller {
                 let stats = serde_json::from_str::<Mined>(&mine.detail_json).map_err(|e| broken(row.cycle, "mine", &e))?.targets;
                 self.policy.observe(&mined, &stats);
             }
+            // The recalibrated child's mining, observed after the generation's as in `cycle`
+            // (absent from ledgers written before the child was mined).
+            if let (Some(recalibrate), Some(parent)) = (last(row.cycle, "generator", "recalibrate"), &row.parent_hash) {
+                #[derive(serde::Deserialize)]
+                struct Remined {
+                    #[serde(default)]
+                    targets: Vec<evolve_generator::MiningStat>,
+                }
+                let stats = serde_json::from_str::<Remined>(&recalibrate.detail_json).map_err(|e| broken(row.cycle, "recalibrate", &e))?.targets;
+                self.policy.observe(parent, &stats);
+            }
             if let Some(judge) = last(row.cycle, "discriminator", "train-judge") {
                 let detail: serde_json::Value = serde_json::from_str(&judge.detail_json).map_err(|e| broken(row.cycle, "train-judge", &e))?;
                 let (Some(checkpoint), Some(batch)) = (detail["checkpoint"].as_str(), detail["judgements_batch"].as_str()) else {
@@ -678,7 +689,7 @@ impl Controller {
             Some(g) if g.job.cycle == cycle && g.job.parent == mined => g,
             _ => self.start_generation(cycle, &mined, history),
         };
-        let policy = generation.policy;
+        let mut policy = generation.policy;
         let early = generation.recalibration.filter(|r| r.on == parent.0);
         let mut generated = generation.pending.wait()?;
         self.policy.observe(&mined, &generated.mining);
@@ -694,7 +705,14 @@ impl Controller {
             },
         };
         if let Some((started, recalibrated)) = recalibrated {
-            self.step(cycle, "generator", "recalibrate", &started, recalibrated.synthesize_ms, &serde_json::json!({"parent": parent.0, "synthesis": recalibrated.synthesis})).await?;
+            // The child's own mining tells the policy how the last parent change moved each
+            // target; the split it made before the child existed is chosen again with that.
+            self.policy.observe(&parent.0, &recalibrated.mining);
+            let choices = self.policy.choose();
+            policy = self.policy_records(cycle, &choices);
+            let recalibrated = self.ctx.choose_from_pool(recalibrated, &self.ctx.synthesis_config(skill_weights(&choices)))?;
+            let detail = serde_json::json!({"parent": parent.0, "targets": recalibrated.mining, "synthesis": recalibrated.synthesis});
+            self.step(cycle, "generator", "recalibrate", &started, recalibrated.mine_ms + recalibrated.synthesize_ms, &detail).await?;
             generated = GenerateResult { mining: generated.mining, mine_ms: generated.mine_ms, ..recalibrated };
         }
         info!(cycle, probes, failures, examples = generated.examples, "mined failures and synthesized examples");

@@ -1,12 +1,15 @@
 //! The curriculum policy: which frontier targets (skill x level) get the next cycle's synthesis
 //! effort. `progress` is a learning-progress bandit: a target's value is how much the model's
 //! competence on it moved the last time the parent changed (absolute learning progress, as in
-//! Oudeyer's and Portelas' teacher algorithms). Competence is the mean answer loss on the
-//! mining probes (nats per answer token), not accuracy: a frontier answered 0% right can still be
-//! getting closer, and an accuracy-driven bandit would starve it forever. Effort follows value,
-//! with an `exploration` share spread evenly so no target starves; targets not yet measured
-//! under two parents are valued optimistically (as the best measured one). A target the parent
-//! already solves gets only the exploration share. `even` gives every target the same weight,
+//! Oudeyer's and Portelas' teacher algorithms). Competence is the mean probability of the whole
+//! correct answer on the mining probes (teacher-forced), not greedy accuracy: a frontier answered
+//! 0% right can still be getting closer, and an accuracy-driven bandit would starve it. Nor is it
+//! the per-token answer loss: that moves a lot on a target whose answers stay out of reach while
+//! some of their tokens get easier. Under it, smoke's reversal/L2 (0% right, whole answers at
+//! probability 1e-9) drew a third of cycle 4's effort, and brackets/L2, 36 points up, the least.
+//! Effort follows value, with an `exploration` share spread evenly so no target starves; targets
+//! not yet measured under two parents are valued optimistically (as the best measured one). A
+//! target the parent already solves gets only the exploration share. `even` gives every target the same weight,
 //! for ablations. Every choice is returned with its reason, for the ledger.
 
 use std::collections::BTreeMap;
@@ -21,9 +24,11 @@ const SOLVED: f64 = 0.95;
 #[derive(Clone, Debug)]
 struct Observation {
     parent: String,
+    probes: usize,
     pass_rate: f64,
-    /// Mean answer loss, when the target's answers can be trusted to measure it on.
-    nll: Option<f64>,
+    /// Mean probability of the whole correct answer, when the target's answers can be trusted
+    /// to measure it on.
+    answer_prob: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -37,26 +42,28 @@ impl TargetHistory {
         self.observations.last().map(|o| o.pass_rate)
     }
 
-    /// |change in competence| between the latest parent and the one before it: in answer loss
-    /// when measured, else in pass rate. Minings under the same parent (a rejected cycle)
-    /// differ by sampling noise only and are averaged.
-    fn progress(&self) -> Option<f64> {
+    /// |change in competence| between the latest parent and the one before it, and whether it
+    /// is in answer probability (both parents measured it) or else in pass rate. Minings under
+    /// the same parent (a rejected cycle; an accepted child's own mining and the next
+    /// generation's) differ by sampling noise only and are averaged, weighted by their probes.
+    fn progress(&self) -> Option<(f64, bool)> {
         let latest = &self.observations.last()?.parent;
         let previous = &self.observations.iter().rev().find(|o| &o.parent != latest)?.parent;
         let mean_of = |parent: &str, measure: &dyn Fn(&Observation) -> Option<f64>| {
-            let values: Vec<f64> = self.observations.iter().filter(|o| o.parent == parent).filter_map(measure).collect();
-            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+            let (sum, n) = self
+                .observations
+                .iter()
+                .filter(|o| o.parent == parent)
+                .filter_map(|o| Some((measure(o)? * o.probes as f64, o.probes as f64)))
+                .fold((0.0, 0.0), |(s, n), (v, w)| (s + v, n + w));
+            (n > 0.0).then(|| sum / n)
         };
-        let by_loss = |o: &Observation| o.nll;
+        let by_prob = |o: &Observation| o.answer_prob;
         let by_rate = |o: &Observation| Some(o.pass_rate);
-        match (mean_of(latest, &by_loss), mean_of(previous, &by_loss)) {
-            (Some(now), Some(before)) => Some((now - before).abs()),
-            _ => Some((mean_of(latest, &by_rate)? - mean_of(previous, &by_rate)?).abs()),
+        match (mean_of(latest, &by_prob), mean_of(previous, &by_prob)) {
+            (Some(now), Some(before)) => Some(((now - before).abs(), true)),
+            _ => Some(((mean_of(latest, &by_rate)? - mean_of(previous, &by_rate)?).abs(), false)),
         }
-    }
-
-    fn measured_by_loss(&self) -> bool {
-        self.observations.last().is_some_and(|o| o.nll.is_some())
     }
 }
 
@@ -86,7 +93,7 @@ impl CurriculumPolicy {
     pub fn observe(&mut self, parent: &str, stats: &[MiningStat]) {
         for s in stats.iter().filter(|s| s.probes > 0) {
             if let Some(t) = self.targets.get_mut(&(s.skill.clone(), s.level)) {
-                t.observations.push(Observation { parent: parent.to_string(), pass_rate: 1.0 - s.failures as f64 / s.probes as f64, nll: s.mean_nll });
+                t.observations.push(Observation { parent: parent.to_string(), probes: s.probes, pass_rate: 1.0 - s.failures as f64 / s.probes as f64, answer_prob: s.mean_answer_prob });
             }
         }
     }
@@ -94,7 +101,7 @@ impl CurriculumPolicy {
     /// Weights (summing to 1) over all targets for the next cycle.
     pub fn choose(&self) -> Vec<Choice> {
         let n = self.targets.len().max(1) as f64;
-        let measured: Vec<f64> = self.targets.values().filter_map(TargetHistory::progress).collect();
+        let measured: Vec<f64> = self.targets.values().filter_map(|t| t.progress().map(|p| p.0)).collect();
         let best = measured.iter().copied().fold(0.0f64, f64::max);
         let values: Vec<(f64, String)> = self
             .targets
@@ -102,8 +109,8 @@ impl CurriculumPolicy {
             .map(|t| match (self.kind, t.pass_rate(), t.progress()) {
                 (PolicyKind::Even, _, _) => (1.0, "even split (policy = even)".to_string()),
                 (_, Some(p), _) if p >= SOLVED => (0.0, format!("solved by the parent ({:.0}% of probes): exploration share only", p * 100.0)),
-                (_, _, Some(lp)) if t.measured_by_loss() => (lp, format!("learning progress: answer loss moved {lp:.3} nats/token since the previous parent")),
-                (_, _, Some(lp)) => (lp, format!("learning progress: pass rate moved {:.1} points since the previous parent", lp * 100.0)),
+                (_, _, Some((lp, true))) => (lp, format!("learning progress: the correct answer's probability moved {:.1} points since the previous parent", lp * 100.0)),
+                (_, _, Some((lp, false))) => (lp, format!("learning progress: pass rate moved {:.1} points since the previous parent", lp * 100.0)),
                 (_, _, None) if best > 0.0 => (best, "not yet measured under two parents: valued as the best measured target".to_string()),
                 (_, _, None) => (1.0, "no learning progress measured yet: even split".to_string()),
             })
@@ -115,7 +122,7 @@ impl CurriculumPolicy {
             .zip(values)
             .map(|(((skill, level), t), (value, reason))| {
                 let exploit = if total > 0.0 { value / total } else { 0.0 };
-                Choice { skill: skill.clone(), level: *level, pass_rate: t.pass_rate(), progress: t.progress(), weight: explore / n + (1.0 - explore) * exploit, reason }
+                Choice { skill: skill.clone(), level: *level, pass_rate: t.pass_rate(), progress: t.progress().map(|p| p.0), weight: explore / n + (1.0 - explore) * exploit, reason }
             })
             .collect()
     }
@@ -135,11 +142,11 @@ mod tests {
     use super::*;
 
     fn stat(skill: &str, level: u32, failures: usize) -> MiningStat {
-        MiningStat { skill: skill.into(), level, probes: 100, failures, mean_nll: None }
+        MiningStat { skill: skill.into(), level, probes: 100, failures, mean_nll: None, mean_answer_prob: None }
     }
 
-    fn stat_with_loss(skill: &str, level: u32, failures: usize, nll: f64) -> MiningStat {
-        MiningStat { mean_nll: Some(nll), ..stat(skill, level, failures) }
+    fn stat_with_likelihood(skill: &str, level: u32, failures: usize, nll: f64, answer_prob: f64) -> MiningStat {
+        MiningStat { mean_nll: Some(nll), mean_answer_prob: Some(answer_prob), ..stat(skill, level, failures) }
     }
 
     fn targets() -> Vec<(String, u32)> {
@@ -163,13 +170,15 @@ mod tests {
     }
 
     #[test]
-    fn a_frontier_at_zero_accuracy_still_shows_progress_in_its_loss() {
+    fn progress_is_the_answer_probability_not_the_per_token_loss() {
+        // a: 0% right, but its answers got likelier (1% -> 8%): it is getting closer.
+        // b: 0% right, its per-token loss fell 0.5 nats, yet its answers stay out of reach.
         let mut policy = CurriculumPolicy::new(PolicyKind::Progress, 0.2, &targets()[..2]);
-        policy.observe("p0", &[stat_with_loss("a", 2, 100, 2.0), stat_with_loss("b", 2, 100, 2.0)]);
-        policy.observe("p1", &[stat_with_loss("a", 2, 100, 1.5), stat_with_loss("b", 2, 100, 1.98)]);
+        policy.observe("p0", &[stat_with_likelihood("a", 2, 100, 1.2, 0.01), stat_with_likelihood("b", 2, 100, 2.0, 1e-5)]);
+        policy.observe("p1", &[stat_with_likelihood("a", 2, 100, 1.1, 0.08), stat_with_likelihood("b", 2, 100, 1.5, 1e-4)]);
         let choices = policy.choose();
-        assert!(choices[0].weight > 0.8, "a's loss fell 0.5 nats at 0% accuracy: {choices:?}");
-        assert!(choices[0].reason.contains("answer loss moved 0.500"), "{}", choices[0].reason);
+        assert!(choices[0].weight > 0.85, "a's answers moved, b's did not: {choices:?}");
+        assert!(choices[0].reason.contains("probability moved 7.0 points"), "{}", choices[0].reason);
     }
 
     #[test]
@@ -179,8 +188,20 @@ mod tests {
         policy.observe("p0", &[stat("a", 2, 70)]);
         assert_eq!(policy.targets[&("a".to_string(), 2)].progress(), None, "same parent twice: noise, not progress");
         policy.observe("p1", &[stat("a", 2, 55)]);
-        let lp = policy.targets[&("a".to_string(), 2)].progress().unwrap();
+        let lp = policy.targets[&("a".to_string(), 2)].progress().unwrap().0;
         assert!((lp - 0.20).abs() < 1e-9, "45% vs the mean 25% under p0: {lp}");
+    }
+
+    #[test]
+    fn minings_under_one_parent_are_weighted_by_their_probes() {
+        let mut policy = CurriculumPolicy::new(PolicyKind::Progress, 0.2, &targets()[..1]);
+        // A generation's eight rounds (400 probes at 50%) and a child's one round (50 at 90%).
+        policy.observe("p0", &[MiningStat { probes: 400, failures: 200, ..stat("a", 2, 0) }]);
+        policy.observe("p0", &[MiningStat { probes: 50, failures: 5, ..stat("a", 2, 0) }]);
+        policy.observe("p1", &[MiningStat { probes: 100, failures: 40, ..stat("a", 2, 0) }]);
+        let (lp, by_prob) = policy.targets[&("a".to_string(), 2)].progress().unwrap();
+        assert!(!by_prob);
+        assert!((lp - (0.6 - 245.0 / 450.0)).abs() < 1e-9, "{lp}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use evolve_curriculum::Curriculum;
 use evolve_curriculum::ExampleSampling;
 use evolve_discriminator::metrics::{auc, calibration_error};
 use evolve_discriminator::{Judgement, LearnedScorer, Verifier};
-use evolve_generator::{Candidate, Exclusions, Judges, MiningStat, SkillSynthesis, SynthesisConfig, mine, select_within_quota, synthesize};
+use evolve_generator::{Candidate, Exclusions, Judges, MiningStat, MiningTarget, SkillSynthesis, SynthesisConfig, mine, select_within_quota, synthesize};
 use evolve_model::{ChannelStatsByLayer, Checkpoint, Llama, LlamaConfig};
 use evolve_policy::{Sampling, answer, example_tokens};
 use evolve_store::ArtifactStore;
@@ -228,7 +228,11 @@ pub struct GenerateResult {
 }
 
 /// A generation made against one checkpoint, calibrated again on another (its child): the
-/// pool's candidates are sampled anew and the batch chosen again, under the same quotas.
+/// pool's candidates are sampled anew and the batch chosen again, under the same quotas. The
+/// child is also mined afresh (one round of probes per target), so that the curriculum policy
+/// learns how the last parent change moved each target before this batch is trained on: the
+/// controller then chooses the batch once more from the pool, with the policy's new split
+/// (`Context::choose_from_pool`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecalibrateJob {
     pub cycle: u32,
@@ -269,8 +273,9 @@ pub trait GeneratorRole {
     fn start_generate(&mut self, job: &GenerateJob) -> Pending<GenerateResult> {
         Pending::ready(self.generate(job))
     }
-    /// The batch of the generation `job.pool` came from, recalibrated on `job.parent`; its
-    /// mining is the generation's, not repeated here (empty).
+    /// The batch of the generation `job.pool` came from, recalibrated on `job.parent`, with
+    /// `job.parent` mined afresh (one round per target). Its batch is chosen with the
+    /// generation's split; the controller chooses again once the policy has seen the mining.
     fn recalibrate(&mut self, job: &RecalibrateJob) -> Result<GenerateResult, Error>;
     /// A recalibration that may finish later.
     fn start_recalibrate(&mut self, job: &RecalibrateJob) -> Pending<GenerateResult> {
@@ -293,11 +298,13 @@ impl GeneratorRole for LocalGenerator {
         let judge = JobJudge::load(ctx, job)?;
         let judges = judge.judges(&ctx.verifier);
         let started = std::time::Instant::now();
-        let targets: Vec<(&dyn Skill, u32, usize)> = job.targets.iter().map(|(s, l)| (ctx.skill(s), *l, job.probes_per_level)).collect();
-        let mining = mine(&model, &targets, &ctx.held_out, &judges, &mut rng, &ctx.device);
+        let wanted = job.synthesis.wanted_failures(&job.targets);
+        let targets: Vec<MiningTarget<'_>> =
+            job.targets.iter().zip(wanted).map(|((s, l), wanted_failures)| MiningTarget { skill: ctx.skill(s), level: *l, probes: job.probes_per_level, wanted_failures }).collect();
+        let exclude = Exclusions { held_out: &ctx.held_out, history: &history };
+        let mining = mine(&model, &targets, &exclude, &judges, &mut rng, &ctx.device);
         let mine_ms = started.elapsed().as_secs_f64() * 1e3;
         let started = std::time::Instant::now();
-        let exclude = Exclusions { held_out: &ctx.held_out, history: &history };
         let (accepted, per_skill, mut judgements, pool) = match job.sampling {
             ExampleSampling::Adversarial => {
                 let s = synthesize(&model, &ctx.skills, &mining.failures, &job.synthesis, &exclude, &judges, &mut rng, &ctx.device);
@@ -323,20 +330,43 @@ impl GeneratorRole for LocalGenerator {
         let model = ctx.load_model(&job.parent)?;
         let pool: ExampleBatch = serde_json::from_slice(&ctx.store.get(&job.pool, EXAMPLES_KIND)?)?;
         let judge = JobJudge::load(ctx, &job.generation)?;
+        let judges = judge.judges(&ctx.verifier);
         let mut rng = StdRng::seed_from_u64(job.seed);
-        let s = evolve_generator::recalibrate(&model, pool.problems, &job.generation.synthesis, &job.synthesis_report, &judge.judges(&ctx.verifier), &mut rng, &ctx.device);
+        let targets: Vec<MiningTarget<'_>> =
+            job.generation.targets.iter().map(|(s, l)| MiningTarget { skill: ctx.skill(s), level: *l, probes: job.generation.probes_per_level, wanted_failures: 0 }).collect();
+        // Only the statistics are used: the failures' history does not matter.
+        let mining = mine(&model, &targets, &Exclusions { held_out: &ctx.held_out, history: &HashSet::new() }, &judges, &mut rng, &ctx.device);
+        let mine_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = std::time::Instant::now();
+        let s = evolve_generator::recalibrate(&model, pool.problems, &job.generation.synthesis, &job.synthesis_report, &judges, &mut rng, &ctx.device);
         let pool = ctx.store_batch(s.pool)?;
         let examples = s.accepted.len();
         let batch = ctx.store_batch(s.accepted)?;
         let mut judgements = ctx.load_judgements(&job.judgements)?;
         judgements.extend(s.judgements);
+        judgements.extend(mining.judgements);
         let judgements = ctx.store.put(JUDGEMENTS_KIND, &serde_json::to_vec(&judgements)?)?;
         let synthesize_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(GenerateResult { batch, judgements, examples, mining: Vec::new(), synthesis: s.per_skill, mine_ms: 0.0, synthesize_ms, pool: Some(pool) })
+        Ok(GenerateResult { batch, judgements, examples, mining: mining.stats, synthesis: s.per_skill, mine_ms, synthesize_ms, pool: Some(pool) })
     }
 }
 
 impl Context {
+    /// The batch chosen again from a generation's scored pool (`GenerateResult::pool`) with
+    /// another split between skills: what the controller does once the curriculum policy has
+    /// seen the recalibrated child's mining. Selection is cheap and deterministic, so it runs
+    /// where the policy is.
+    pub fn choose_from_pool(&self, generated: GenerateResult, config: &SynthesisConfig) -> Result<GenerateResult, Error> {
+        let Some(pool_hash) = &generated.pool else { return Ok(generated) };
+        let pool: ExampleBatch = serde_json::from_slice(&self.store.get(pool_hash, EXAMPLES_KIND)?)?;
+        let scored: Vec<Candidate> = pool.problems.into_iter().zip(pool.pass_rates).map(|(problem, pass_rate)| Candidate { problem, pass_rate }).collect();
+        let mut per_skill: BTreeMap<String, SkillSynthesis> = generated.synthesis.iter().map(|s| (s.skill.clone(), SkillSynthesis { accepted: 0, ..s.clone() })).collect();
+        let accepted = select_within_quota(scored, config, &mut per_skill);
+        let examples = accepted.len();
+        let batch = self.store_batch(accepted)?;
+        Ok(GenerateResult { batch, examples, synthesis: per_skill.into_values().collect(), ..generated })
+    }
+
     /// Stores candidates as an [`ExampleBatch`]; its hash.
     fn store_batch(&self, candidates: Vec<Candidate>) -> Result<String, Error> {
         let batch = ExampleBatch { pass_rates: candidates.iter().map(|c| c.pass_rate).collect(), problems: candidates.into_iter().map(|c| c.problem).collect() };
@@ -1028,9 +1058,25 @@ mod tests {
             assert_eq!((skill.generated, skill.admitted), (before.generated, before.admitted), "mutation counts kept");
             assert_eq!(skill.accepted, batch.problems.iter().filter(|p| p.skill == skill.skill).count());
         }
-        // Its judgements are the generation's and the new samples'.
+        // The child is mined afresh, one round per target, for the curriculum policy.
+        assert_eq!(again.mining.len(), recalibrate.generation.targets.len());
+        assert!(again.mining.iter().all(|m| m.probes == c.probes_per_level && m.mean_answer_prob.is_some()), "{:?}", again.mining);
+        // Its judgements are the generation's, the new samples' and the child's mining probes'.
         let judgements = ctx.load_judgements(&again.judgements).unwrap().len();
-        assert_eq!(judgements, ctx.load_judgements(&generated.judgements).unwrap().len() + pool.problems.len() * c.samples_k);
+        let remined: usize = again.mining.iter().map(|m| m.probes).sum();
+        assert_eq!(judgements, ctx.load_judgements(&generated.judgements).unwrap().len() + pool.problems.len() * c.samples_k + remined);
+        // The controller chooses again from the recalibrated pool with the policy's new split.
+        let favourite = again.synthesis[0].skill.clone();
+        let weights: BTreeMap<String, f32> = again.synthesis.iter().map(|s| (s.skill.clone(), if s.skill == favourite { 1.0 } else { 0.0 })).collect();
+        let config = SynthesisConfig { skill_weights: weights, ..recalibrate.generation.synthesis.clone() };
+        let rechosen = ctx.choose_from_pool(again.clone(), &config).unwrap();
+        let batch: ExampleBatch = serde_json::from_slice(&ctx.store.get(&rechosen.batch, EXAMPLES_KIND).unwrap()).unwrap();
+        let favoured = batch.problems.iter().filter(|p| p.skill == favourite).count();
+        let in_pool = pool.problems.iter().filter(|p| p.skill == favourite).count();
+        assert_eq!(favoured, in_pool.min(quota.max(1)), "the favourite fills first, up to its quota");
+        for skill in &rechosen.synthesis {
+            assert_eq!(skill.accepted, batch.problems.iter().filter(|p| p.skill == skill.skill).count(), "{skill:?}");
+        }
     }
 
     #[test]

@@ -61,11 +61,20 @@ pub fn answer_loss(model: &Llama, batch: &Batch) -> Tensor<1> {
     (picked * batch.mask.clone()).sum().neg().div_scalar(batch.answer_tokens)
 }
 
-/// Mean negative log-likelihood per answer token of each problem's own target, teacher-forced:
-/// a continuous measure of competence that moves before exact-match accuracy does (a frontier
-/// the model answers 0% right can still be getting closer).
-pub fn answer_nll(model: &Llama, problems: &[Problem], device: &Device) -> Vec<f32> {
-    let mut nll = Vec::with_capacity(problems.len());
+/// How likely the model finds each problem's own target, teacher-forced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AnswerLikelihood {
+    /// Mean negative log-likelihood per answer token.
+    pub nll_per_token: f32,
+    /// Probability of the whole answer: what sampling at temperature 1 would get right. It
+    /// moves before greedy accuracy does (a frontier answered 0% right can still be getting
+    /// closer), but unlike the per-token loss it does not move on a target whose answers stay
+    /// out of reach while a few of their tokens get easier.
+    pub answer_prob: f64,
+}
+
+pub fn answer_likelihood(model: &Llama, problems: &[Problem], device: &Device) -> Vec<AnswerLikelihood> {
+    let mut out = Vec::with_capacity(problems.len());
     for chunk in problems.chunks(256) {
         let batch = Batch::new(chunk, device);
         let logits = model.forward(batch.inputs.clone(), None);
@@ -73,7 +82,9 @@ pub fn answer_nll(model: &Llama, problems: &[Problem], device: &Device) -> Vec<f
         let picked = log_softmax(logits, 2).gather(2, batch.targets.clone()).reshape([rows, width]);
         let per_row = (picked * batch.mask.clone()).sum_dim(1).reshape([rows]).neg();
         let answer_tokens = batch.mask.clone().sum_dim(1).reshape([rows]).clamp_min(1.0);
-        nll.extend(per_row.div(answer_tokens).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 losses"));
+        let totals = per_row.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 losses");
+        let tokens = answer_tokens.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 counts");
+        out.extend(totals.iter().zip(&tokens).map(|(&total, &n)| AnswerLikelihood { nll_per_token: total / n, answer_prob: (-f64::from(total)).exp() }));
     }
-    nll
+    out
 }

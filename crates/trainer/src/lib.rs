@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-pub use batch::{Batch, answer_loss, answer_nll, token_batch};
+pub use batch::{AnswerLikelihood, Batch, answer_likelihood, answer_loss, token_batch};
 pub use surgery::{Gradient, PcgradPlan, Projection, agem_project, agem_project_flat, agem_project_in_place, agem_project_grads, combine, combine_grads, gradient_gram, gram, pcgrad_plan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

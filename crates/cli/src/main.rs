@@ -291,6 +291,12 @@ async fn execute(command: Command) -> Result<(), String> {
                 println!("mean over {} seeds (accepted, cycles and seconds summed):", report.ablations.len());
                 print_ablation(&report.mean(), "first run");
             }
+            println!("the claims, paired by seed (positive: the claim holds on that seed):");
+            for c in report.claims() {
+                let per_seed: Vec<String> = c.per_seed.iter().map(|d| format!("{:+.1}", d * 100.0)).collect();
+                let se = c.standard_error().map_or(String::new(), |se| format!(" (s.e. {:.1}p)", se * 100.0));
+                println!("  {:<48} {:+.1}p{se}, ahead on {} of {} seeds: {}", c.claim, c.mean() * 100.0, c.seeds_ahead(), c.per_seed.len(), per_seed.join(", "));
+            }
             println!("{:.0}s in all; frontier gain: mean frontier accuracy, last accepted checkpoint minus base; forgetting: mean mastered-suite drop of each cycle's trained candidate vs its parent, before the gate; p = points", report.seconds);
             Ok(())
         }

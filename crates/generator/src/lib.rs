@@ -218,6 +218,9 @@ impl SynthesisConfig {
 pub struct Candidate {
     pub problem: Problem,
     pub pass_rate: f32,
+    /// Probability of its whole target answer under the model it was calibrated on: among
+    /// candidates never solved in `k` samples, the nearer ones are taken first.
+    pub answer_prob: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -339,8 +342,11 @@ fn calibrate(
     let pairs: Vec<(&Problem, &Response)> = (0..responses.len()).map(|i| (&candidates[i / k], &responses[i])).collect();
     let scores = judges.scores(&pairs);
     let judgements = judgements(judges.verifier, &pairs.iter().map(|(p, _)| *p).collect::<Vec<_>>(), &responses);
+    let likelihood = evolve_trainer::answer_likelihood(model, &candidates, device);
     let mut scored = Vec::with_capacity(candidates.len());
     for (i, mut problem) in candidates.into_iter().enumerate() {
+        // A judge-decided candidate's own target is not to be trusted, nor measured against.
+        let answer_prob = if judges.by_learned(&problem).is_some() { 0.0 } else { likelihood[i].answer_prob };
         let samples = i * k..(i + 1) * k;
         let pass_rate = scores[samples.clone()].iter().sum::<f32>() / k as f32;
         if judges.by_learned(&problem).is_some() {
@@ -357,15 +363,16 @@ fn calibrate(
             stats.judged_targets += 1;
             stats.judged_targets_correct += usize::from(judges.verifier.admits(&problem));
         }
-        scored.push(Candidate { pass_rate, problem });
+        scored.push(Candidate { pass_rate, problem, answer_prob });
     }
     (scored, judgements)
 }
 
 /// Fills the batch skill by skill: each skill gets its weighted share of the batch (capped by the
 /// skill quota), candidates inside the window first (nearest the middle of the window, where
-/// learning signal is largest), then the nearest outside it, so that a frontier the model never
-/// solves still gets examples. Room a skill cannot fill (too few candidates: a small problem
+/// learning signal is largest), then those below it, nearest first and, among those never
+/// solved, the likeliest answers first (so that a frontier the model never solves still gets
+/// examples, the ones it is closest to), and last those above it (solved: little to learn). Room a skill cannot fill (too few candidates: a small problem
 /// space, most of it trained on already) is shared again among the others by their weights,
 /// still under the quota, until the batch is full or no skill has candidates left: the batch
 /// keeps the policy's proportions rather than going to whichever skills fail most. Within a
@@ -395,13 +402,10 @@ pub fn select_within_quota(scored: Vec<Candidate>, config: &SynthesisConfig, per
     let mut queues: BTreeMap<String, Queue> = BTreeMap::new();
     let mut allotted: BTreeMap<String, usize> = BTreeMap::new();
     for (skill, mut cands) in by_skill {
-        // Ties (typically: never solved) go to the easier level, the nearer step from what the
-        // model can already do.
-        cands.sort_by(|a, b| {
-            (distance(a.pass_rate), (a.pass_rate - middle).abs(), a.problem.level)
-                .partial_cmp(&(distance(b.pass_rate), (b.pass_rate - middle).abs(), b.problem.level))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        // Remaining ties go to the easier level, the nearer step from what the model can
+        // already do.
+        let rank = |c: &Candidate| (u8::from(c.pass_rate > hi), distance(c.pass_rate), (c.pass_rate - middle).abs(), -c.answer_prob, c.problem.level);
+        cands.sort_by(|a, b| rank(a).partial_cmp(&rank(b)).unwrap_or(std::cmp::Ordering::Equal));
         let stats = per_skill.get_mut(&skill).expect("skill seen while synthesizing");
         stats.in_window = cands.iter().filter(|c| distance(c.pass_rate) == 0.0).count();
         if !cands.is_empty() {
@@ -476,7 +480,7 @@ mod tests {
     use evolve_tasks::Target;
 
     fn cand(skill: &str, i: usize, pass_rate: f32) -> Candidate {
-        Candidate { problem: Problem { skill: skill.into(), level: 1, prompt: format!("{skill}{i}="), target: Target::Text("1".into()), knobs: vec![] }, pass_rate }
+        Candidate { problem: Problem { skill: skill.into(), level: 1, prompt: format!("{skill}{i}="), target: Target::Text("1".into()), knobs: vec![] }, pass_rate, answer_prob: 0.0 }
     }
 
     #[test]

@@ -67,6 +67,58 @@ impl AblationReport {
     }
 }
 
+/// One of the loop's claims read off the seeds pairwise: per seed, how far the claimed arm is
+/// ahead of its baseline (positive: the claim holds on that seed).
+pub struct Claim {
+    pub claim: String,
+    pub per_seed: Vec<f64>,
+}
+
+impl Claim {
+    pub fn mean(&self) -> f64 {
+        self.per_seed.iter().sum::<f64>() / self.per_seed.len().max(1) as f64
+    }
+
+    /// Standard error of the mean over seeds; `None` with one seed.
+    pub fn standard_error(&self) -> Option<f64> {
+        let n = self.per_seed.len();
+        (n > 1).then(|| {
+            let m = self.mean();
+            (self.per_seed.iter().map(|d| (d - m).powi(2)).sum::<f64>() / (n - 1) as f64 / n as f64).sqrt()
+        })
+    }
+
+    pub fn seeds_ahead(&self) -> usize {
+        self.per_seed.iter().filter(|d| **d > 0.0).count()
+    }
+}
+
+impl AblationReport {
+    /// The two claims, paired by seed: adversarial ahead of uniform on frontier gain
+    /// (both with the curriculum's surgery), and each surgery ahead of none on forgetting (both
+    /// adversarial). Paired, because every arm of a seed starts from the same base and seeds.
+    pub fn claims(&self) -> Vec<Claim> {
+        let arm = |a: &Ablation, name: &str| a.arms.iter().find(|r| r.arm == name).cloned();
+        let Some(first) = self.ablations.first() else { return Vec::new() };
+        let own = first.arms.first().map(|a| a.surgery.clone()).unwrap_or_default();
+        let mut claims = Vec::new();
+        let pair = |ahead: &str, behind: &str, f: fn(&AblationArm, &AblationArm) -> f64| -> Option<Vec<f64>> {
+            self.ablations.iter().map(|a| Some(f(&arm(a, ahead)?, &arm(a, behind)?))).collect()
+        };
+        let (adversarial, uniform) = (format!("adversarial+{own}"), format!("uniform+{own}"));
+        if let Some(per_seed) = pair(&adversarial, &uniform, |a, u| a.frontier_gain - u.frontier_gain) {
+            claims.push(Claim { claim: format!("{adversarial} minus {uniform}, frontier gain"), per_seed });
+        }
+        for surgery in ["agem", "pcgrad"] {
+            let (with, none) = (format!("adversarial+{surgery}"), "adversarial+none".to_string());
+            if let Some(per_seed) = pair(&with, &none, |s, n| n.forgetting - s.forgetting) {
+                claims.push(Claim { claim: format!("forgetting of {none} minus {with}"), per_seed });
+            }
+        }
+        claims
+    }
+}
+
 /// The arms: the curriculum's own surgery with adversarial and with uniform sampling, then
 /// adversarial sampling with each other surgery.
 fn arms(curriculum: &Curriculum) -> Vec<(ExampleSampling, Surgery)> {
@@ -149,4 +201,51 @@ async fn compare(options: &AblateOptions, curriculum: &Curriculum, seed: u64, ba
     ledger.record_ablation(&rows).await?;
     ledger.close().await;
     Ok((ablation_id, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arm(name: &str, frontier_gain: f64, forgetting: f64) -> AblationArm {
+        let (sampling, surgery) = name.split_once('+').unwrap();
+        AblationArm {
+            ablation_id: 1,
+            arm: name.into(),
+            curriculum: "c".into(),
+            sampling: sampling.into(),
+            surgery: surgery.into(),
+            run_id: 1,
+            cycles: 4,
+            accepted: 4,
+            tokens_trained: 0,
+            frontier_gain,
+            forgetting,
+            refusal_drift: 0.0,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn claims_are_paired_by_seed() {
+        let seed = |adv: f64, uni: f64, agem: f64, none: f64| Ablation {
+            ablation_id: 1,
+            seed: 7,
+            arms: vec![arm("adversarial+agem", adv, agem), arm("uniform+agem", uni, 0.0), arm("adversarial+pcgrad", 0.0, 0.02), arm("adversarial+none", 0.0, none)],
+        };
+        let report = AblationReport { ablations: vec![seed(0.12, 0.10, 0.01, 0.03), seed(0.08, 0.10, 0.02, 0.03), seed(0.15, 0.11, 0.02, 0.01)], seconds: 0.0 };
+        let claims = report.claims();
+        assert_eq!(claims.len(), 3);
+        assert_eq!(claims[0].claim, "adversarial+agem minus uniform+agem, frontier gain");
+        assert_eq!(claims[0].seeds_ahead(), 2);
+        assert!((claims[0].mean() - 0.04 / 3.0).abs() < 1e-12);
+        let d: [f64; 3] = [0.02, -0.02, 0.04];
+        let m = d.iter().sum::<f64>() / 3.0;
+        let se = (d.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 2.0 / 3.0).sqrt();
+        assert!((claims[0].standard_error().unwrap() - se).abs() < 1e-12);
+        // Forgetting: none minus surgery, so positive means the surgery forgot less.
+        assert_eq!(claims[1].claim, "forgetting of adversarial+none minus adversarial+agem");
+        assert_eq!(claims[1].per_seed.iter().map(|d| (d * 100.0).round() as i64).collect::<Vec<_>>(), vec![2, 1, -1]);
+        assert_eq!(claims[2].seeds_ahead(), 2);
+    }
 }

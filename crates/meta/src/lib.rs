@@ -23,7 +23,7 @@ pub mod simulate;
 mod slurm;
 pub mod worker;
 
-pub use ablation::{AblateOptions, Ablation, AblationReport, ablate};
+pub use ablation::{AblateOptions, Ablation, AblationReport, Claim, ablate};
 pub use budget::{Budget, BudgetError, DeviceChoice};
 pub use pool::{Launcher, PoolOptions};
 pub use controller::{Outcomes, RunOptions, RunSummary, StartMode, Variant, run};

@@ -208,6 +208,10 @@ pub struct GenerateJob {
 pub struct ExampleBatch {
     pub problems: Vec<Problem>,
     pub pass_rates: Vec<f32>,
+    /// Each candidate's `Candidate::answer_prob` (absent from batches written before it was
+    /// measured: read as 0).
+    #[serde(default)]
+    pub answer_probs: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -359,7 +363,8 @@ impl Context {
     pub fn choose_from_pool(&self, generated: GenerateResult, config: &SynthesisConfig) -> Result<GenerateResult, Error> {
         let Some(pool_hash) = &generated.pool else { return Ok(generated) };
         let pool: ExampleBatch = serde_json::from_slice(&self.store.get(pool_hash, EXAMPLES_KIND)?)?;
-        let scored: Vec<Candidate> = pool.problems.into_iter().zip(pool.pass_rates).map(|(problem, pass_rate)| Candidate { problem, pass_rate }).collect();
+        let answer_probs = pool.answer_probs.into_iter().chain(std::iter::repeat(0.0));
+        let scored: Vec<Candidate> = pool.problems.into_iter().zip(pool.pass_rates).zip(answer_probs).map(|((problem, pass_rate), answer_prob)| Candidate { problem, pass_rate, answer_prob }).collect();
         let mut per_skill: BTreeMap<String, SkillSynthesis> = generated.synthesis.iter().map(|s| (s.skill.clone(), SkillSynthesis { accepted: 0, ..s.clone() })).collect();
         let accepted = select_within_quota(scored, config, &mut per_skill);
         let examples = accepted.len();
@@ -369,7 +374,11 @@ impl Context {
 
     /// Stores candidates as an [`ExampleBatch`]; its hash.
     fn store_batch(&self, candidates: Vec<Candidate>) -> Result<String, Error> {
-        let batch = ExampleBatch { pass_rates: candidates.iter().map(|c| c.pass_rate).collect(), problems: candidates.into_iter().map(|c| c.problem).collect() };
+        let batch = ExampleBatch {
+            pass_rates: candidates.iter().map(|c| c.pass_rate).collect(),
+            answer_probs: candidates.iter().map(|c| c.answer_prob).collect(),
+            problems: candidates.into_iter().map(|c| c.problem).collect(),
+        };
         Ok(self.store.put(EXAMPLES_KIND, &serde_json::to_vec(&batch)?)?)
     }
 }
@@ -391,7 +400,7 @@ impl Context {
             if !exclude.history.contains(&problem.prompt) && seen.insert(problem.prompt.clone()) {
                 stats.admitted += 1;
                 // Pass rates are not measured for uniform draws: every draw counts as in-window.
-                drawn.push(Candidate { problem, pass_rate: (job.synthesis.window.0 + job.synthesis.window.1) / 2.0 });
+                drawn.push(Candidate { problem, pass_rate: (job.synthesis.window.0 + job.synthesis.window.1) / 2.0, answer_prob: 0.0 });
             }
         }
         let config = SynthesisConfig { skill_weights: BTreeMap::new(), ..job.synthesis.clone() };

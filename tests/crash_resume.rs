@@ -37,6 +37,15 @@ fn curriculum(dir: &Path) -> PathBuf {
     path
 }
 
+/// Every test here times its kills off a reference run it made itself, so it must have the
+/// machine to itself: a run sharing two cores with another test's runs is slowed, and when that
+/// other test ends the trials speed up and finish before their kills. The tests take turns.
+fn machine_to_itself() -> std::sync::MutexGuard<'static, ()> {
+    static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next test still needs only the turn.
+    MACHINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn start(curriculum: &Path, ledger: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_evolve"));
     command
@@ -124,6 +133,7 @@ fn verify_artifacts(artifacts: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_controller_anywhere_loses_and_duplicates_nothing() {
+    let _turn = machine_to_itself();
     let dir = tempfile::tempdir().unwrap();
     let curriculum = curriculum(dir.path());
     let reference_ledger = dir.path().join("reference/evolve.db");
@@ -164,6 +174,7 @@ async fn killing_the_controller_anywhere_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_second_controller_on_a_busy_ledger_is_refused() {
+    let _turn = machine_to_itself();
     let dir = tempfile::tempdir().unwrap();
     let curriculum = curriculum(dir.path());
     let ledger = dir.path().join("evolve.db");
@@ -235,6 +246,7 @@ async fn worker_usage(ledger: &Path) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_pool_workers_costs_only_their_leases() {
+    let _turn = machine_to_itself();
     let dir = tempfile::tempdir().unwrap();
     let curriculum = curriculum(dir.path());
     let reference_ledger = dir.path().join("reference/evolve.db");
@@ -299,6 +311,7 @@ async fn killing_pool_workers_costs_only_their_leases() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nightly_run_continues_from_the_last_accepted_checkpoint() {
+    let _turn = machine_to_itself();
     let dir = tempfile::tempdir().unwrap();
     let mut text = std::fs::read_to_string(curriculum(dir.path())).unwrap();
     text = text.replacen("warmup_steps = 5", "warmup_steps = 5\nbase = \"last-accepted\"", 1);
@@ -329,6 +342,7 @@ async fn a_nightly_run_continues_from_the_last_accepted_checkpoint() {
 /// (default 2026 and 4) run other or longer series.
 #[tokio::test(flavor = "multi_thread")]
 async fn random_kills_on_a_four_worker_pool() {
+    let _turn = machine_to_itself();
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let dir = tempfile::tempdir().unwrap();
     let curriculum = curriculum(dir.path());
@@ -422,6 +436,7 @@ impl Drop for SlurmCluster {
 /// worker job is left queued or running.
 #[tokio::test(flavor = "multi_thread")]
 async fn slurm_places_the_pool_and_requeues_the_work_of_jobs_it_kills() {
+    let _turn = machine_to_itself();
     let dir = tempfile::tempdir().unwrap();
     let slurm = SlurmCluster::start(dir.path().join("slurm"));
     let curriculum = curriculum(dir.path());

@@ -37,9 +37,9 @@ fn curriculum(dir: &Path) -> PathBuf {
     path
 }
 
-/// Every test here times its kills off a reference run it made itself, so it must have the
-/// machine to itself: a run sharing two cores with another test's runs is slowed, and when that
-/// other test ends the trials speed up and finish before their kills. The tests take turns.
+/// Most tests here time their kills off a reference run they made themselves, so each must have
+/// the machine to itself: a run sharing two cores with another test's runs is slowed, and when
+/// that other test ends the trials speed up and finish before their kills. The tests take turns.
 fn machine_to_itself() -> std::sync::MutexGuard<'static, ()> {
     static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     // A failed test poisons the lock; the next test still needs only the turn.

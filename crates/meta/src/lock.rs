@@ -111,37 +111,31 @@ mod tests {
     fn lock_holder_process() {
         if let Ok(ledger) = std::env::var("EVOLVE_TEST_LOCK_HOLDER") {
             let _lock = RunLock::acquire(Path::new(&ledger)).unwrap();
-            println!("locked");
+            // The harness may print "test … ... " on the same line first.
+            println!("holder has the lock");
             std::thread::sleep(std::time::Duration::from_secs(60));
         }
     }
 
     #[test]
     fn a_killed_holder_does_not_keep_the_lock() {
+        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("evolve.db");
-        // A real other process takes the lock, then dies by SIGKILL.
+        // A real other process takes the lock, then dies by SIGKILL. This process stays out of
+        // the lock until the child says it holds it: taking it meanwhile would refuse the child.
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "lock::tests::lock_holder_process", "--nocapture", "--test-threads=1"])
             .env("EVOLVE_TEST_LOCK_HOLDER", &ledger)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut refused = None;
-        for _ in 0..500 {
-            match RunLock::acquire(&ledger) {
-                // Until the holder has written its pid the message cannot name it yet.
-                Err(e) if e.to_string().contains(&format!("evolve process {}", child.id())) => {
-                    refused = Some(e.to_string());
-                    break;
-                }
-                Err(_) => {}
-                Ok(lock) => drop(lock),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let refused = refused.expect("the child never took the lock (or its pid never showed)");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let locked = stdout.lines().map_while(Result::ok).any(|line| line.contains("holder has the lock"));
+        assert!(locked, "the child ended without taking the lock");
+        let refused = RunLock::acquire(&ledger).expect_err("the child holds the lock").to_string();
         assert!(refused.contains("in use") && refused.contains("evolve.db"), "{refused}");
+        assert!(refused.contains(&format!("evolve process {}", child.id())), "the message names the holder: {refused}");
         child.kill().unwrap();
         child.wait().unwrap();
         RunLock::acquire(&ledger).expect("the kernel released the dead holder's lock");

@@ -100,6 +100,12 @@ pub struct CyclePlan {
     /// Share of each training batch drawn from the mastered levels (replay).
     pub replay_share: f32,
     pub train_steps: usize,
+    /// The last this many of `train_steps` replay the mastered levels only, each in proportion
+    /// to the answer probability the cycle's earlier steps cost it (0: none). Learning a
+    /// frontier level disturbs neighbouring mastered ones more than a mixed batch's replay can
+    /// hold off; these steps repair what was disturbed before the gate looks.
+    #[serde(default)]
+    pub consolidation_steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
     #[serde(default = "default_warmup_cycle")]
@@ -375,6 +381,9 @@ impl Curriculum {
         }
         if !(c.max_skill_share > 0.0 && c.max_skill_share <= 1.0) {
             return invalid("cycle.max_skill_share".into(), format!("{} must be in (0, 1]", c.max_skill_share));
+        }
+        if c.consolidation_steps >= c.train_steps {
+            return invalid("cycle.consolidation_steps".into(), format!("{} must be below cycle.train_steps ({}): some steps must learn before any consolidate", c.consolidation_steps, c.train_steps));
         }
         if !(0.0..1.0).contains(&c.replay_share) {
             return invalid("cycle.replay_share".into(), format!("{} must be in [0, 1)", c.replay_share));

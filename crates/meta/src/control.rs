@@ -682,7 +682,7 @@ mod tests {
             surgery: evolve_trainer::Surgery::None,
             seed: 0,
         };
-        TrainJob { cycle: 1, parent: None, examples: None, fresh_levels: Vec::new(), fresh_share: 0.0, steps: 1, batch_size: 1, train, snapshot_every: 0, seed: 0 }
+        TrainJob { cycle: 1, parent: None, examples: None, fresh_levels: Vec::new(), fresh_share: 0.0, steps: 1, consolidation_steps: 0, batch_size: 1, train, snapshot_every: 0, seed: 0 }
     }
 
     /// Recompression is background work: a critical job queued after it goes first, and it is

@@ -515,6 +515,7 @@ impl Controller {
             fresh_levels: c.mastered(),
             fresh_share: 1.0,
             steps: c.pretrain.steps,
+            consolidation_steps: 0,
             batch_size: c.pretrain.batch_size,
             train: TrainConfig {
                 optimizer: OptimizerKind::Adamw,
@@ -731,6 +732,7 @@ impl Controller {
             fresh_levels: c.mastered(),
             fresh_share: c.cycle.replay_share,
             steps: c.cycle.train_steps,
+            consolidation_steps: c.cycle.consolidation_steps,
             batch_size: c.cycle.batch_size,
             train: TrainConfig {
                 optimizer: c.cycle.optimizer,

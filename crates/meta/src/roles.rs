@@ -123,6 +123,26 @@ impl Context {
     /// Without `like`, every pair is equally likely, except that no skill may take more than
     /// `QUOTA_MARGIN` of the curriculum's `max_skill_share` (a skill taught at many levels would
     /// otherwise exceed its quota in pretraining).
+    /// A fresh training problem at one of `pairs`, drawn in proportion to `weights`.
+    fn weighted_fresh_problem(&self, pairs: &[(String, u32)], weights: &[f64], rng: &mut StdRng) -> Problem {
+        let total: f64 = weights.iter().sum();
+        loop {
+            let mut u = rng.random::<f64>() * total;
+            let mut chosen = pairs.len() - 1;
+            for (i, w) in weights.iter().enumerate() {
+                if u < *w {
+                    chosen = i;
+                    break;
+                }
+                u -= w;
+            }
+            let (skill, level) = &pairs[chosen];
+            if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
+                return p;
+            }
+        }
+    }
+
     fn fresh_problem(&self, pairs: &[(String, u32)], like: Option<&str>, rng: &mut StdRng) -> Problem {
         let matched: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| Some(s.as_str()) == like).collect();
         let shares = pair_shares(pairs, QUOTA_MARGIN * f64::from(self.curriculum.cycle.max_skill_share));
@@ -520,6 +540,10 @@ pub struct TrainJob {
     /// Share of each batch drawn fresh from `fresh_levels` when `examples` is set.
     pub fresh_share: f32,
     pub steps: usize,
+    /// The last this many of `steps` replay `fresh_levels` only, each level in proportion to
+    /// how much of its answer probability the earlier steps lost (see `ForgettingProbe`).
+    #[serde(default)]
+    pub consolidation_steps: usize,
     pub batch_size: usize,
     pub train: TrainConfig,
     /// Also store the weights every this many steps (0: only at the end), so the gate can pick
@@ -589,8 +613,22 @@ impl TrainerRole for LocalTrainer {
         // Only pretraining groups: in a cycle, every batch should carry its share of replay.
         let group = if examples.is_empty() { 8 } else { 1 };
         let ready = std::cell::RefCell::new(Vec::<Vec<Problem>>::new());
+        let consolidate_from = job.steps - job.consolidation_steps.min(job.steps);
+        let probe = (!examples.is_empty() && consolidate_from < job.steps)
+            .then(|| ForgettingProbe::new(ctx, &model, &job.fresh_levels, &mut rng.borrow_mut()));
+        // Set when consolidation begins: the replay weight of each of `fresh_levels`.
+        let consolidation = std::cell::RefCell::new(None::<Vec<f64>>);
         let mut next_batch = || {
             let mut ready = ready.borrow_mut();
+            if let Some(weights) = consolidation.borrow().as_ref() {
+                let mut rng = rng.borrow_mut();
+                let batch: Vec<Problem> = (0..job.batch_size).map(|_| ctx.weighted_fresh_problem(&job.fresh_levels, weights, &mut rng)).collect();
+                let mut mix = mix.borrow_mut();
+                for p in &batch {
+                    *mix.entry(p.skill.clone()).or_default() += 1;
+                }
+                return batch;
+            }
             if ready.is_empty() {
                 let mut rng = rng.borrow_mut();
                 let mut rows: Vec<Problem> = Vec::with_capacity(group * job.batch_size);
@@ -601,9 +639,10 @@ impl TrainerRole for LocalTrainer {
                         cursor.set(at + 1);
                         examples[order[at % order.len()]].clone()
                     }));
-                    // Replay row r matches learned row r's skill, so replay keeps the batch's mix.
+                    // Replay row r matches learned row r's skill, so replay keeps the batch's mix,
+                    // except every `SPREAD_REPLAY_EVERY`-th row (see there).
                     for r in 0..fresh_rows {
-                        let like = (learned > 0).then(|| rows[start + r % learned].skill.clone());
+                        let like = (learned > 0 && !spread_replay(r)).then(|| rows[start + r % learned].skill.clone());
                         let replay = ctx.fresh_problem(&job.fresh_levels, like.as_deref(), &mut rng);
                         rows.push(replay);
                     }
@@ -623,8 +662,8 @@ impl TrainerRole for LocalTrainer {
         let mut next_reference = || {
             let mut rng = rng.borrow_mut();
             (0..job.batch_size / 2)
-                .map(|_| {
-                    let like = (!examples.is_empty()).then(|| examples[rng.random_range(0..examples.len())].skill.as_str());
+                .map(|r| {
+                    let like = (!examples.is_empty() && !spread_replay(r)).then(|| examples[rng.random_range(0..examples.len())].skill.as_str());
                     ctx.fresh_problem(&job.fresh_levels, like, &mut rng)
                 })
                 .collect()
@@ -634,6 +673,11 @@ impl TrainerRole for LocalTrainer {
         let mut store_error = None;
         let report = trainer.fit(job.steps, &mut next_batch, &mut next_reference, &mut |info: StepInfo| {
             let trained = info.step + 1;
+            if let Some(probe) = probe.as_ref().filter(|_| trained == consolidate_from) {
+                let weights = probe.lost(ctx, &info.model.valid());
+                tracing::info!(cycle = job.cycle, ?weights, "consolidating: replay weights of the mastered levels by answer probability lost");
+                *consolidation.borrow_mut() = Some(weights);
+            }
             if trained == info.steps || (job.snapshot_every > 0 && trained % job.snapshot_every == 0) {
                 match ctx.store_model(&info.model.valid()) {
                     Ok(c) => snapshots.push(Snapshot { checkpoint: c.hash, report: info.report.clone(), mix: mix.borrow().clone() }),
@@ -650,6 +694,52 @@ impl TrainerRole for LocalTrainer {
         }
         Ok(TrainResult { snapshots })
     }
+}
+
+/// Fixed fresh problems of each replayed level, and the model's mean whole-answer probability
+/// on them before the cycle trained: what the cycle has cost each level so far, measured on
+/// training draws (never on held-out suites, which only the gate reads).
+struct ForgettingProbe {
+    problems: Vec<Vec<Problem>>,
+    before: Vec<f64>,
+}
+
+/// Problems per level in a `ForgettingProbe`.
+const FORGETTING_PROBES: usize = 24;
+/// Every level keeps this weight in consolidation, so one that lost nothing is still replayed.
+const CONSOLIDATION_FLOOR: f64 = 0.02;
+
+impl ForgettingProbe {
+    fn new(ctx: &Context, model: &Llama, levels: &[(String, u32)], rng: &mut StdRng) -> Self {
+        let problems: Vec<Vec<Problem>> = levels
+            .iter()
+            .map(|(skill, level)| (0..FORGETTING_PROBES).filter_map(|_| sample_training(ctx.skill(skill), *level, &ctx.held_out, rng)).collect())
+            .collect();
+        let before = problems.iter().map(|p| mean_answer_prob(ctx, model, p)).collect();
+        ForgettingProbe { problems, before }
+    }
+
+    /// Each level's loss of mean answer probability since `new` (not below 0), plus the floor.
+    fn lost(&self, ctx: &Context, model: &Llama) -> Vec<f64> {
+        self.problems.iter().zip(&self.before).map(|(p, before)| (before - mean_answer_prob(ctx, model, p)).max(0.0) + CONSOLIDATION_FLOOR).collect()
+    }
+}
+
+fn mean_answer_prob(ctx: &Context, model: &Llama, problems: &[Problem]) -> f64 {
+    if problems.is_empty() {
+        return 0.0;
+    }
+    evolve_trainer::answer_likelihood(model, problems, &ctx.device).iter().map(|l| l.answer_prob).sum::<f64>() / problems.len() as f64
+}
+
+/// Every this many replay (and A-GEM reference) rows, one is drawn from all mastered levels
+/// instead of the learned row's skill: a skill no cycle teaches (refusal, a base-only skill)
+/// would otherwise never be replayed, and a cycle's updates drifted it unopposed (refusal fell
+/// 6-29 points in cycles trained with AdamW).
+const SPREAD_REPLAY_EVERY: usize = 4;
+
+fn spread_replay(row: usize) -> bool {
+    row % SPREAD_REPLAY_EVERY == SPREAD_REPLAY_EVERY - 1
 }
 
 /// Indices of `examples`, shuffled within each skill, then merged so that skill `s`'s `r`-th
@@ -1086,6 +1176,61 @@ mod tests {
         for skill in &rechosen.synthesis {
             assert_eq!(skill.accepted, batch.problems.iter().filter(|p| p.skill == skill.skill).count(), "{skill:?}");
         }
+    }
+
+    /// A cycle that learns reversal replays mostly reversal, but also the mastered skills no
+    /// cycle teaches: refusal is replayed and guards A-GEM's reference although it is never a
+    /// frontier.
+    #[test]
+    fn a_cycle_replays_every_mastered_skill_and_mostly_the_learned_one() {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        let curriculum = Curriculum::load(&root.join("tests/micro.toml")).unwrap();
+        let config = evolve_model::preset("tiny").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let device = evolve_model::cpu_device();
+        let ctx = Context::new(curriculum.clone(), config.clone(), ArtifactStore::open(dir.path()).unwrap(), device.clone());
+        device.seed(1);
+        let parent = ctx.store_model(&Llama::init(&config, &device)).unwrap().hash;
+        let mut rng = StdRng::seed_from_u64(5);
+        let problems: Vec<Problem> = (0..32).filter_map(|_| sample_training(ctx.skill("reversal"), 2, &ctx.held_out, &mut rng)).collect();
+        let batch = ExampleBatch { pass_rates: vec![0.5; problems.len()], answer_probs: vec![0.0; problems.len()], problems };
+        let examples = ctx.store.put(EXAMPLES_KIND, &serde_json::to_vec(&batch).unwrap()).unwrap();
+        let train = TrainConfig {
+            optimizer: curriculum.cycle.optimizer,
+            learning_rate: 1e-4,
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            surgery: curriculum.cycle.surgery,
+            seed: 3,
+        };
+        let job = TrainJob {
+            cycle: 1,
+            parent: Some(parent),
+            examples: Some(examples),
+            fresh_levels: curriculum.mastered(),
+            fresh_share: 0.5,
+            steps: 10,
+            consolidation_steps: 0,
+            batch_size: 16,
+            train,
+            snapshot_every: 0,
+            seed: 9,
+        };
+        let mix = LocalTrainer(ctx.clone()).train(&job, &mut |_| {}).unwrap().last().mix.clone();
+        let rows: u32 = mix.values().sum();
+        assert_eq!(rows, 160, "{mix:?}");
+        // Half the rows learned, three quarters of the replay matched to them.
+        assert!(mix["reversal"] >= 80 + 60 - 5, "{mix:?}");
+        let others = |mix: &BTreeMap<String, u32>| mix.get("refusal").copied().unwrap_or(0) + mix.get("sorting").copied().unwrap_or(0);
+        assert!(mix.get("refusal").copied().unwrap_or(0) >= 3 && mix.get("sorting").copied().unwrap_or(0) >= 3, "{mix:?}");
+        // Consolidating the last 4 steps: their 64 rows are all replay, spread over every
+        // mastered level (about two thirds of them refusal or sorting), none learned.
+        let consolidated = TrainJob { consolidation_steps: 4, ..job };
+        let with = LocalTrainer(ctx).train(&consolidated, &mut |_| {}).unwrap().last().mix.clone();
+        assert_eq!(with.values().sum::<u32>(), 160, "{with:?}");
+        assert!(others(&with) >= others(&mix) + 25, "without {mix:?}, with {with:?}");
     }
 
     #[test]

@@ -614,7 +614,7 @@ impl TrainerRole for LocalTrainer {
         let group = if examples.is_empty() { 8 } else { 1 };
         let ready = std::cell::RefCell::new(Vec::<Vec<Problem>>::new());
         let consolidate_from = job.steps - job.consolidation_steps.min(job.steps);
-        let probe = (!examples.is_empty() && consolidate_from < job.steps)
+        let probe = (!examples.is_empty() && !job.fresh_levels.is_empty() && consolidate_from < job.steps)
             .then(|| ForgettingProbe::new(ctx, &model, &job.fresh_levels, &mut rng.borrow_mut()));
         // Set when consolidation begins: the replay weight of each of `fresh_levels`.
         let consolidation = std::cell::RefCell::new(None::<Vec<f64>>);

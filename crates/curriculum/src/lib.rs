@@ -382,7 +382,7 @@ impl Curriculum {
         if !(c.max_skill_share > 0.0 && c.max_skill_share <= 1.0) {
             return invalid("cycle.max_skill_share".into(), format!("{} must be in (0, 1]", c.max_skill_share));
         }
-        if c.consolidation_steps >= c.train_steps {
+        if c.consolidation_steps > 0 && c.consolidation_steps >= c.train_steps {
             return invalid("cycle.consolidation_steps".into(), format!("{} must be below cycle.train_steps ({}): some steps must learn before any consolidate", c.consolidation_steps, c.train_steps));
         }
         if !(0.0..1.0).contains(&c.replay_share) {

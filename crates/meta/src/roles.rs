@@ -123,26 +123,6 @@ impl Context {
     /// Without `like`, every pair is equally likely, except that no skill may take more than
     /// `QUOTA_MARGIN` of the curriculum's `max_skill_share` (a skill taught at many levels would
     /// otherwise exceed its quota in pretraining).
-    /// A fresh training problem at one of `pairs`, drawn in proportion to `weights`.
-    fn weighted_fresh_problem(&self, pairs: &[(String, u32)], weights: &[f64], rng: &mut StdRng) -> Problem {
-        let total: f64 = weights.iter().sum();
-        loop {
-            let mut u = rng.random::<f64>() * total;
-            let mut chosen = pairs.len() - 1;
-            for (i, w) in weights.iter().enumerate() {
-                if u < *w {
-                    chosen = i;
-                    break;
-                }
-                u -= w;
-            }
-            let (skill, level) = &pairs[chosen];
-            if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
-                return p;
-            }
-        }
-    }
-
     fn fresh_problem(&self, pairs: &[(String, u32)], like: Option<&str>, rng: &mut StdRng) -> Problem {
         let matched: Vec<&(String, u32)> = pairs.iter().filter(|(s, _)| Some(s.as_str()) == like).collect();
         let shares = pair_shares(pairs, QUOTA_MARGIN * f64::from(self.curriculum.cycle.max_skill_share));
@@ -153,22 +133,36 @@ impl Context {
             } else if uniform {
                 &pairs[rng.random_range(0..pairs.len())]
             } else {
-                let mut u: f64 = rng.random();
-                let mut chosen = &pairs[pairs.len() - 1];
-                for (pair, share) in pairs.iter().zip(&shares) {
-                    if u < *share {
-                        chosen = pair;
-                        break;
-                    }
-                    u -= share;
-                }
-                chosen
+                pick_weighted(pairs, &shares, rng.random())
             };
             if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
                 return p;
             }
         }
     }
+
+    /// A fresh training problem at one of `pairs`, drawn in proportion to `weights`.
+    fn weighted_fresh_problem(&self, pairs: &[(String, u32)], weights: &[f64], rng: &mut StdRng) -> Problem {
+        let total: f64 = weights.iter().sum();
+        loop {
+            let (skill, level) = pick_weighted(pairs, weights, rng.random::<f64>() * total);
+            if let Some(p) = sample_training(self.skill(skill), *level, &self.held_out, rng) {
+                return p;
+            }
+        }
+    }
+}
+
+/// The item whose stretch of the cumulative `weights` holds `u` (in `[0, sum of weights)`);
+/// the last one when rounding leaves `u` past the end.
+fn pick_weighted<'a, T>(items: &'a [T], weights: &[f64], mut u: f64) -> &'a T {
+    for (item, w) in items.iter().zip(weights) {
+        if u < *w {
+            return item;
+        }
+        u -= w;
+    }
+    &items[items.len() - 1]
 }
 
 /// Random draws fluctuate: a skill's expected share is kept this far under its quota.
@@ -613,22 +607,14 @@ impl TrainerRole for LocalTrainer {
         // Only pretraining groups: in a cycle, every batch should carry its share of replay.
         let group = if examples.is_empty() { 8 } else { 1 };
         let ready = std::cell::RefCell::new(Vec::<Vec<Problem>>::new());
-        let consolidate_from = job.steps - job.consolidation_steps.min(job.steps);
+        let consolidate_from = job.steps.saturating_sub(job.consolidation_steps);
         let probe = (!examples.is_empty() && !job.fresh_levels.is_empty() && consolidate_from < job.steps)
             .then(|| ForgettingProbe::new(ctx, &model, &job.fresh_levels, &mut rng.borrow_mut()));
         // Set when consolidation begins: the replay weight of each of `fresh_levels`.
         let consolidation = std::cell::RefCell::new(None::<Vec<f64>>);
-        let mut next_batch = || {
+        // Learned rows beside their replay, in length-sorted groups (see `group`).
+        let next_mixed_batch = || {
             let mut ready = ready.borrow_mut();
-            if let Some(weights) = consolidation.borrow().as_ref() {
-                let mut rng = rng.borrow_mut();
-                let batch: Vec<Problem> = (0..job.batch_size).map(|_| ctx.weighted_fresh_problem(&job.fresh_levels, weights, &mut rng)).collect();
-                let mut mix = mix.borrow_mut();
-                for p in &batch {
-                    *mix.entry(p.skill.clone()).or_default() += 1;
-                }
-                return batch;
-            }
             if ready.is_empty() {
                 let mut rng = rng.borrow_mut();
                 let mut rows: Vec<Problem> = Vec::with_capacity(group * job.batch_size);
@@ -652,7 +638,16 @@ impl TrainerRole for LocalTrainer {
                 batches.shuffle(&mut *rng);
                 *ready = batches;
             }
-            let batch = ready.pop().expect("a group holds at least one batch");
+            ready.pop().expect("a group holds at least one batch")
+        };
+        let mut next_batch = || {
+            let batch = match consolidation.borrow().as_ref() {
+                Some(weights) => {
+                    let mut rng = rng.borrow_mut();
+                    (0..job.batch_size).map(|_| ctx.weighted_fresh_problem(&job.fresh_levels, weights, &mut rng)).collect()
+                }
+                None => next_mixed_batch(),
+            };
             let mut mix = mix.borrow_mut();
             for p in &batch {
                 *mix.entry(p.skill.clone()).or_default() += 1;
@@ -673,13 +668,20 @@ impl TrainerRole for LocalTrainer {
         let mut store_error = None;
         let report = trainer.fit(job.steps, &mut next_batch, &mut next_reference, &mut |info: StepInfo| {
             let trained = info.step + 1;
-            if let Some(probe) = probe.as_ref().filter(|_| trained == consolidate_from) {
-                let weights = probe.lost(ctx, &info.model.valid());
+            let probe = probe.as_ref().filter(|_| trained == consolidate_from);
+            let snapshot = trained == info.steps || (job.snapshot_every > 0 && trained % job.snapshot_every == 0);
+            if probe.is_none() && !snapshot {
+                return on_step(&info);
+            }
+            // One plain copy of the weights serves both.
+            let model = info.model.valid();
+            if let Some(probe) = probe {
+                let weights = probe.lost(ctx, &model);
                 tracing::info!(cycle = job.cycle, ?weights, "consolidating: replay weights of the mastered levels by answer probability lost");
                 *consolidation.borrow_mut() = Some(weights);
             }
-            if trained == info.steps || (job.snapshot_every > 0 && trained % job.snapshot_every == 0) {
-                match ctx.store_model(&info.model.valid()) {
+            if snapshot {
+                match ctx.store_model(&model) {
                     Ok(c) => snapshots.push(Snapshot { checkpoint: c.hash, report: info.report.clone(), mix: mix.borrow().clone() }),
                     Err(e) => store_error = Some(e),
                 }
@@ -1096,6 +1098,18 @@ impl Context {
 mod tests {
     use super::*;
 
+    /// `tests/micro.toml`'s context on the CPU, with the tiny preset and a temporary store
+    /// (kept alive by the returned directory).
+    fn micro_context() -> (Curriculum, LlamaConfig, Device, tempfile::TempDir, Arc<Context>) {
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        let curriculum = Curriculum::load(&root.join("tests/micro.toml")).unwrap();
+        let config = evolve_model::preset("tiny").unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let device = evolve_model::cpu_device();
+        let ctx = Context::new(curriculum.clone(), config.clone(), ArtifactStore::open(dir.path()).unwrap(), device.clone());
+        (curriculum, config, device, dir, ctx)
+    }
+
     fn pairs(spec: &[(&str, u32)]) -> Vec<(String, u32)> {
         spec.iter().map(|(s, l)| (s.to_string(), *l)).collect()
     }
@@ -1105,12 +1119,7 @@ mod tests {
     /// quota, the same result every time.
     #[test]
     fn recalibration_chooses_again_from_the_generations_pool() {
-        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-        let curriculum = Curriculum::load(&root.join("tests/micro.toml")).unwrap();
-        let config = evolve_model::preset("tiny").unwrap().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let device = evolve_model::cpu_device();
-        let ctx = Context::new(curriculum.clone(), config.clone(), ArtifactStore::open(dir.path()).unwrap(), device.clone());
+        let (curriculum, config, device, _dir, ctx) = micro_context();
         let checkpoint = |seed: u64| {
             device.seed(seed);
             ctx.store_model(&Llama::init(&config, &device)).unwrap().hash
@@ -1183,12 +1192,7 @@ mod tests {
     /// frontier.
     #[test]
     fn a_cycle_replays_every_mastered_skill_and_mostly_the_learned_one() {
-        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-        let curriculum = Curriculum::load(&root.join("tests/micro.toml")).unwrap();
-        let config = evolve_model::preset("tiny").unwrap().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let device = evolve_model::cpu_device();
-        let ctx = Context::new(curriculum.clone(), config.clone(), ArtifactStore::open(dir.path()).unwrap(), device.clone());
+        let (curriculum, config, device, _dir, ctx) = micro_context();
         device.seed(1);
         let parent = ctx.store_model(&Llama::init(&config, &device)).unwrap().hash;
         let mut rng = StdRng::seed_from_u64(5);

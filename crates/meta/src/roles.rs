@@ -153,8 +153,36 @@ impl Context {
     }
 }
 
+impl Context {
+    /// `rows` replay problems at `pairs`, drawn in proportion to `weights`, except that no draw
+    /// takes a skill past the curriculum's `max_skill_share` of every row trained so far
+    /// (`trained`, then this batch's own). Without the cap, consolidation gives most of its
+    /// rows to the one skill the cycle cost most and the cycle's training set breaks the quota
+    /// (reversal reached 42-46% of cycles under a 40% cap). When no skill has room, the draw
+    /// goes to the skill with the fewest rows.
+    fn consolidation_batch(&self, pairs: &[(String, u32)], weights: &[f64], trained: &BTreeMap<String, u32>, rows: usize, rng: &mut StdRng) -> Vec<Problem> {
+        let cap = f64::from(self.curriculum.cycle.max_skill_share);
+        let mut counts = trained.clone();
+        let mut total: u32 = counts.values().sum();
+        (0..rows)
+            .map(|_| {
+                let rows_of = |skill: &str| counts.get(skill).copied().unwrap_or(0);
+                let mut allowed: Vec<f64> = pairs.iter().zip(weights).map(|((s, _), w)| if f64::from(rows_of(s) + 1) <= cap * f64::from(total + 1) { *w } else { 0.0 }).collect();
+                if allowed.iter().sum::<f64>() <= 0.0 {
+                    let fewest = pairs.iter().map(|(s, _)| rows_of(s)).min().unwrap_or(0);
+                    allowed = pairs.iter().map(|(s, _)| if rows_of(s) == fewest { 1.0 } else { 0.0 }).collect();
+                }
+                let problem = self.weighted_fresh_problem(pairs, &allowed, rng);
+                *counts.entry(problem.skill.clone()).or_default() += 1;
+                total += 1;
+                problem
+            })
+            .collect()
+    }
+}
+
 /// The item whose stretch of the cumulative `weights` holds `u` (in `[0, sum of weights)`);
-/// the last one when rounding leaves `u` past the end.
+/// the last one of positive weight when rounding leaves `u` past the end.
 fn pick_weighted<'a, T>(items: &'a [T], weights: &[f64], mut u: f64) -> &'a T {
     for (item, w) in items.iter().zip(weights) {
         if u < *w {
@@ -162,7 +190,8 @@ fn pick_weighted<'a, T>(items: &'a [T], weights: &[f64], mut u: f64) -> &'a T {
         }
         u -= w;
     }
-    &items[items.len() - 1]
+    let last = weights.iter().rposition(|w| *w > 0.0).unwrap_or(items.len() - 1);
+    &items[last]
 }
 
 /// Random draws fluctuate: a skill's expected share is kept this far under its quota.
@@ -642,10 +671,7 @@ impl TrainerRole for LocalTrainer {
         };
         let mut next_batch = || {
             let batch = match consolidation.borrow().as_ref() {
-                Some(weights) => {
-                    let mut rng = rng.borrow_mut();
-                    (0..job.batch_size).map(|_| ctx.weighted_fresh_problem(&job.fresh_levels, weights, &mut rng)).collect()
-                }
+                Some(weights) => ctx.consolidation_batch(&job.fresh_levels, weights, &mix.borrow(), job.batch_size, &mut rng.borrow_mut()),
                 None => next_mixed_batch(),
             };
             let mut mix = mix.borrow_mut();
@@ -1235,6 +1261,31 @@ mod tests {
         let with = LocalTrainer(ctx).train(&consolidated, &mut |_| {}).unwrap().last().mix.clone();
         assert_eq!(with.values().sum::<u32>(), 160, "{with:?}");
         assert!(others(&with) >= others(&mix) + 25, "without {mix:?}, with {with:?}");
+    }
+
+    /// Consolidation weighted almost wholly to one skill gives it rows only up to the skill
+    /// quota of everything trained so far, at every row, and the rest to the others by weight.
+    #[test]
+    fn consolidation_keeps_every_skill_under_its_quota() {
+        let (curriculum, _config, _device, _dir, ctx) = micro_context();
+        let cap = f64::from(curriculum.cycle.max_skill_share);
+        let levels = pairs(&[("reversal", 1), ("sorting", 1), ("refusal", 1)]);
+        // 100 rows so far, reversal just under its quota.
+        let trained: BTreeMap<String, u32> = [("reversal", 59), ("sorting", 31), ("refusal", 10)].into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+        let mut rng = StdRng::seed_from_u64(3);
+        let batch = ctx.consolidation_batch(&levels, &[1.0, 0.001, 0.02], &trained, 64, &mut rng);
+        let mut counts = trained.clone();
+        for (i, p) in batch.iter().enumerate() {
+            *counts.entry(p.skill.clone()).or_default() += 1;
+            let total = f64::from(100 + i as u32 + 1);
+            assert!(counts.values().all(|&n| f64::from(n) <= cap * total + 1e-9), "row {i}: {counts:?}");
+        }
+        // Reversal is given all the room it has; refusal, by weight, most of the rest.
+        assert!(f64::from(counts["reversal"]) >= cap * 164.0 - 1.0, "{counts:?}");
+        assert!(counts["refusal"] - 10 > counts["sorting"] - 31, "{counts:?}");
+        // Deterministic for a seed.
+        let again = ctx.consolidation_batch(&levels, &[1.0, 0.001, 0.02], &trained, 64, &mut StdRng::seed_from_u64(3));
+        assert_eq!(batch.iter().map(|p| &p.prompt).collect::<Vec<_>>(), again.iter().map(|p| &p.prompt).collect::<Vec<_>>());
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn malformed_curricula_fail_with_file_and_field() {
     let cases = [
         (smoke.replacen("name = \"addition\"", "name = \"alchemy\"", 1), "skills[0].name"),
         (smoke.replacen("max_skill_share = 0.4", "max_skill_share = 1.5", 1), "cycle.max_skill_share"),
+        (smoke.replacen("max_skill_share = 0.4", "max_skill_share = 0.15", 1), "at least 1/5"),
         (smoke.replacen("[gate]", "[gait]", 1), "gait"),
         (smoke.replacen("consolidation_steps = 15", "consolidation_steps = 45", 1), "cycle.consolidation_steps"),
         ("this is = not [toml".to_string(), "TOML"),

@@ -382,6 +382,15 @@ impl Curriculum {
         if !(c.max_skill_share > 0.0 && c.max_skill_share <= 1.0) {
             return invalid("cycle.max_skill_share".into(), format!("{} must be in (0, 1]", c.max_skill_share));
         }
+        // Every row trained is some skill's: below 1 / skills no batch can keep them all within
+        // the quota.
+        let skills = self.skills.len() as f32;
+        if c.max_skill_share * skills < 1.0 - 1e-6 {
+            return invalid(
+                "cycle.max_skill_share".into(),
+                format!("{} with {} skills cannot hold: every training row belongs to one of them, so it must be at least 1/{} ({:.3})", c.max_skill_share, self.skills.len(), self.skills.len(), 1.0 / skills),
+            );
+        }
         if c.consolidation_steps > 0 && c.consolidation_steps >= c.train_steps {
             return invalid("cycle.consolidation_steps".into(), format!("{} must be below cycle.train_steps ({}): some steps must learn before any consolidate", c.consolidation_steps, c.train_steps));
         }
@@ -493,6 +502,12 @@ mod tests {
         let bad = SMOKE.replacen("surgery = \"agem\"", "surgery = \"magic\"", 1);
         let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
         assert!(err.contains("agem") && err.contains("none"), "{err}");
+
+        // Five skills cannot each stay within 15% of the rows.
+        let bad = SMOKE.replacen("max_skill_share = 0.4", "max_skill_share = 0.15", 1);
+        let err = Curriculum::parse(&bad, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("cycle.max_skill_share") && err.contains("at least 1/5"), "{err}");
+        assert!(Curriculum::parse(&SMOKE.replacen("max_skill_share = 0.4", "max_skill_share = 0.2", 1), "c.toml").is_ok());
     }
 
     /// `candidates` is `"auto"` unless a count is written; a count outside 1..=64 or another

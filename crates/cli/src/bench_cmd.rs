@@ -122,7 +122,7 @@ fn train(preset_name: &str, batch: usize, seq: usize, steps: usize, repeats: usi
     let data = fixed_problems(batch, seq, 4, &mut rng);
     let reference = fixed_problems(batch, seq, 4, &mut rng);
     // The trainer role draws A-GEM's reference batches at half the batch's rows.
-    let half_reference = reference[..batch.div_ceil(2)].to_vec();
+    let half_reference = reference[..(batch / 2).max(1)].to_vec();
     let measure = |optimizer: OptimizerKind, surgery: Surgery, fused: bool, reference: &[Problem]| -> f64 {
         device.seed(0);
         let model = Llama::init(&config, &device);

@@ -190,7 +190,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
-/// `mi_option_purge_delay` in mimalloc v2's `mi_option_e` (`mimalloc.h`).
+/// `mi_option_purge_delay` in `mi_option_e` (`mimalloc.h`, the same index in v2 and v3).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// mimalloc still hands memory it has kept free for 10 ms back to the kernel, and a training

@@ -204,13 +204,11 @@ impl Context {
     /// [`Context::fresh_problem`] spreads.
     fn replay_problem(&self, pairs: &[(String, u32)], like: Option<&str>, quota: &mut SkillQuota, rng: &mut StdRng) -> Problem {
         let like = like.filter(|s| quota.has_room(s) && pairs.iter().any(|(p, _)| p == s));
-        let problem = match like {
-            Some(_) => self.fresh_problem(pairs, like, rng),
-            None => {
-                let shares = pair_shares(pairs, QUOTA_MARGIN * f64::from(self.curriculum.cycle.max_skill_share));
-                self.weighted_fresh_problem(pairs, &quota.allowed(pairs, &shares), rng)
-            }
-        };
+        if like.is_none() {
+            let shares = pair_shares(pairs, QUOTA_MARGIN * f64::from(self.curriculum.cycle.max_skill_share));
+            return self.draw_within_quota(pairs, &shares, quota, rng);
+        }
+        let problem = self.fresh_problem(pairs, like, rng);
         quota.count(&problem.skill);
         problem
     }
@@ -218,13 +216,15 @@ impl Context {
     /// `rows` replay problems at `pairs` in proportion to `weights`, each for a skill with room
     /// under `quota` (counted).
     fn consolidation_batch(&self, pairs: &[(String, u32)], weights: &[f64], quota: &mut SkillQuota, rows: usize, rng: &mut StdRng) -> Vec<Problem> {
-        (0..rows)
-            .map(|_| {
-                let problem = self.weighted_fresh_problem(pairs, &quota.allowed(pairs, weights), rng);
-                quota.count(&problem.skill);
-                problem
-            })
-            .collect()
+        (0..rows).map(|_| self.draw_within_quota(pairs, weights, quota, rng)).collect()
+    }
+
+    /// A problem at one of `pairs` in proportion to `weights` among the skills with room under
+    /// `quota` (see `SkillQuota::allowed`), counted.
+    fn draw_within_quota(&self, pairs: &[(String, u32)], weights: &[f64], quota: &mut SkillQuota, rng: &mut StdRng) -> Problem {
+        let problem = self.weighted_fresh_problem(pairs, &quota.allowed(pairs, weights), rng);
+        quota.count(&problem.skill);
+        problem
     }
 }
 

@@ -193,8 +193,8 @@ unsafe extern "C" {
 /// `mi_option_purge_delay` in `mi_option_e` (`mimalloc.h`, the same index in v2 and v3).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// mimalloc still hands memory it has kept free for 10 ms back to the kernel, and a training
-/// step frees its gradients and activations for longer than that: every step faulted tens of
+/// mimalloc (v3, as built) still hands memory it has kept free for a second back to the kernel,
+/// and a training step's gradients and activations sit freed between steps: every step faulted tens of
 /// megabytes in again (`clear_page_erms` 8% of a `small` training step in `perf`). Never
 /// purging keeps them; `bench train --preset small` measured +4% (AdamW) and +6% (SGD) tokens/s.
 /// `MIMALLOC_PURGE_DELAY` set by the user still wins.

@@ -13,8 +13,6 @@ pub struct Batch {
     pub targets: Tensor<3, Int>,
     pub mask: Tensor<2>,
     pub answer_tokens: f32,
-    /// Tokens fed through the model (rows × padded length).
-    pub tokens: usize,
 }
 
 /// The host-side batch: token ids, targets and the answer mask, `[rows, width]` each.
@@ -48,7 +46,6 @@ impl Batch {
             targets: Tensor::from_data(TensorData::new(ids(&t.targets), [t.rows, t.width, 1]), device),
             mask: Tensor::from_data(TensorData::new(t.mask, [t.rows, t.width]), device),
             answer_tokens: t.answer_tokens,
-            tokens: t.rows * t.width,
         }
     }
 }

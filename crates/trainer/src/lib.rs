@@ -21,6 +21,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord, SgdConfig};
 use burn::prelude::*;
 use evolve_model::{CpuTrainPass, Llama, TokenBatch, cpu_device};
+use evolve_policy::example_tokens;
 use evolve_tasks::Problem;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -77,6 +78,10 @@ pub struct TrainConfig {
 pub struct TrainReport {
     pub steps: usize,
     pub examples: usize,
+    /// Tokens of the training examples, prompt and answer, without padding. A-GEM's reference
+    /// batches are not training data and are not counted, so arms of an ablation that train
+    /// the same rows report the same tokens whatever their surgery (counting what was fed,
+    /// padding and references, PCGrad's length-grouped slices showed half of A-GEM's).
     pub tokens: usize,
     pub projected_steps: usize,
     /// Mean cosine before projection: between new-data and replay gradients (A-GEM), or over
@@ -209,12 +214,12 @@ impl Trainer {
             let step_started = Instant::now();
             let problems = next_batch();
             report.examples += problems.len();
+            report.tokens += problems.iter().map(|p| example_tokens(p).0.len() - 1).sum::<usize>();
             // The fused pass reads a host copy of the weights, taken once per step.
             let pass = self.fused_cpu.then(|| CpuTrainPass::reusing(&self.model, self.spent_pass.take()));
             let (loss_value, grads) = match self.config.surgery {
                 Surgery::Pcgrad => {
-                    let (loss, grads, tokens, plan) = self.pcgrad_step(&problems, pass.as_ref(), &mut rng);
-                    report.tokens += tokens;
+                    let (loss, grads, plan) = self.pcgrad_step(&problems, pass.as_ref(), &mut rng);
                     cosine_sum += plan.mean_cosine;
                     report.projected_steps += usize::from(plan.projections > 0);
                     (loss, grads)
@@ -222,17 +227,15 @@ impl Trainer {
                 Surgery::Agem => {
                     // Two passes, not one over both batches: a doubled batch's activations fall
                     // out of cache, and one pass over twice the rows measured slower than two.
-                    let (loss, grads, tokens, _) = self.gradient(&problems, pass.as_ref());
-                    let (_, reference_grads, reference_tokens, _) = self.gradient(&next_reference(), pass.as_ref());
-                    report.tokens += tokens + reference_tokens;
+                    let (loss, grads, _) = self.gradient(&problems, pass.as_ref());
+                    let (_, reference_grads, _) = self.gradient(&next_reference(), pass.as_ref());
                     let projection = agem_project(&self.model, grads, &reference_grads);
                     cosine_sum += projection.cosine;
                     report.projected_steps += usize::from(projection.projected);
                     (loss, projection.grads)
                 }
                 Surgery::None => {
-                    let (loss, grads, tokens, _) = self.gradient(&problems, pass.as_ref());
-                    report.tokens += tokens;
+                    let (loss, grads, _) = self.gradient(&problems, pass.as_ref());
                     (loss, grads)
                 }
             };
@@ -259,35 +262,34 @@ impl Trainer {
         report
     }
 
-    /// One set's loss, gradient, tokens fed and answer tokens (see `gradients_of`).
-    fn gradient(&self, problems: &[Problem], pass: Option<&CpuTrainPass>) -> (f32, Gradient, usize, f32) {
+    /// One set's loss, gradient and answer tokens (see `gradients_of`).
+    fn gradient(&self, problems: &[Problem], pass: Option<&CpuTrainPass>) -> (f32, Gradient, f32) {
         self.gradients_of(&[problems], pass).pop().expect("one set, one gradient")
     }
 
-    /// For each set of problems: its loss at the current weights, its gradient, the tokens fed
-    /// and the answer tokens the loss averages over. The fused pass takes all the sets in one
+    /// For each set of problems: its loss at the current weights, its gradient and the answer
+    /// tokens the loss averages over. The fused pass takes all the sets in one
     /// pass (PCGrad's groups, small slices of one batch, cost what the batch costs); burn's
     /// autodiff one backward pass each.
-    fn gradients_of(&self, sets: &[&[Problem]], pass: Option<&CpuTrainPass>) -> Vec<(f32, Gradient, usize, f32)> {
+    fn gradients_of(&self, sets: &[&[Problem]], pass: Option<&CpuTrainPass>) -> Vec<(f32, Gradient, f32)> {
         if let Some(pass) = pass {
             let batches: Vec<TokenBatch> = sets.iter().map(|s| token_batch(s)).collect();
             let results = pass.loss_and_gradients(&batches.iter().collect::<Vec<_>>());
-            return results.into_iter().zip(&batches).map(|((loss, grad), b)| (loss, Gradient::Host(grad), b.rows * b.width, b.answer_tokens)).collect();
+            return results.into_iter().zip(&batches).map(|((loss, grad), b)| (loss, Gradient::Host(grad), b.answer_tokens)).collect();
         }
         sets.iter()
             .map(|problems| {
                 let batch = Batch::new(problems, &self.device);
                 let loss = answer_loss(&self.model, &batch);
                 let value = loss.clone().into_scalar::<f32>();
-                (value, Gradient::Tensors(GradientsParams::from_grads(loss.backward(), &self.model)), batch.tokens, batch.answer_tokens)
+                (value, Gradient::Tensors(GradientsParams::from_grads(loss.backward(), &self.model)), batch.answer_tokens)
             })
             .collect()
     }
 
     /// One backward pass per group (skill × level) of `problems`, then PCGrad. Returns the
-    /// batch loss (token-weighted mean of the groups'), the combined gradient, the tokens fed and
-    /// the plan.
-    fn pcgrad_step(&self, problems: &[Problem], pass: Option<&CpuTrainPass>, rng: &mut StdRng) -> (f32, Gradient, usize, PcgradPlan) {
+    /// batch loss (token-weighted mean of the groups'), the combined gradient and the plan.
+    fn pcgrad_step(&self, problems: &[Problem], pass: Option<&CpuTrainPass>, rng: &mut StdRng) -> (f32, Gradient, PcgradPlan) {
         let mut groups: BTreeMap<(&str, u32), Vec<Problem>> = BTreeMap::new();
         for p in problems {
             groups.entry((p.skill.as_str(), p.level)).or_default().push(p.clone());
@@ -295,9 +297,8 @@ impl Trainer {
         let sets: Vec<&[Problem]> = groups.values().map(Vec::as_slice).collect();
         let mut grads = Vec::with_capacity(groups.len());
         let mut answer_tokens = Vec::with_capacity(groups.len());
-        let (mut loss_sum, mut tokens) = (0.0f64, 0);
-        for (loss, grad, fed, answers) in self.gradients_of(&sets, pass) {
-            tokens += fed;
+        let mut loss_sum = 0.0f64;
+        for (loss, grad, answers) in self.gradients_of(&sets, pass) {
             loss_sum += loss as f64 * answers as f64;
             answer_tokens.push(answers as f64);
             grads.push(grad);
@@ -314,7 +315,7 @@ impl Trainer {
             .collect();
         let plan = pcgrad_plan(&gram(&self.model, &grads), &weights, &orders);
         let combined = combine(&self.model, &grads, &plan.coefficients);
-        ((loss_sum / total) as f32, combined, tokens, plan)
+        ((loss_sum / total) as f32, combined, plan)
     }
 }
 

@@ -167,3 +167,30 @@ fn one_pass_over_several_batches_gives_each_batch_its_own_loss_and_gradient() {
         }
     }
 }
+
+/// What an ablation compares arms at: every surgery, fed the same rows, reports the same tokens,
+/// the examples' own (BOS, prompt and answer bytes, EOS, less the last, which predicts nothing),
+/// neither the padding of its batches (PCGrad's per-group slices pad less) nor A-GEM's reference
+/// batches.
+#[test]
+fn every_surgery_reports_the_tokens_of_the_rows_it_trained_on() {
+    let device = cpu_device();
+    device.seed(9);
+    let initial = Llama::init(&config(false), &device);
+    let rows: Vec<Vec<Problem>> = (0..3).map(|s| problems(12, 50 + s)).collect();
+    let own_tokens: usize = rows.iter().flatten().map(|p| match &p.target {
+        Target::Text(t) => p.prompt.len() + t.len() + 1,
+        Target::Refuse => p.prompt.len() + 1,
+    }).sum();
+    let padded: usize = rows.iter().map(|b| token_batch(b)).map(|t| t.rows * t.width).sum();
+    assert!(padded > own_tokens, "the rows must differ in length for padding to be told apart");
+    for surgery in [Surgery::None, Surgery::Agem, Surgery::Pcgrad] {
+        for fused in [true, false] {
+            let train = TrainConfig { optimizer: OptimizerKind::Sgd, learning_rate: 0.01, warmup_steps: 1, min_lr_ratio: 1.0, weight_decay: 0.0, grad_clip: 1.0, surgery, seed: 1 };
+            let mut trainer = Trainer::new(initial.clone(), train, &device).with_fused_cpu(fused);
+            let mut next = rows.clone().into_iter();
+            let report = trainer.fit(3, &mut || next.next().unwrap(), &mut || problems(12, 7), &mut |_| {});
+            assert_eq!((report.examples, report.tokens), (36, own_tokens), "{surgery:?}, fused {fused}");
+        }
+    }
+}

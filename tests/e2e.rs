@@ -210,6 +210,25 @@ fn unusable_pools_fail_before_touching_the_disk() {
     assert!(!db.exists() && !dir.path().join("artifacts").exists(), "nothing is written for a pool that cannot start");
 }
 
+/// A pool that fails once the run has begun (its control plane's address is taken) fails the
+/// run: the ledger does not show it `running` forever.
+#[tokio::test]
+async fn a_pool_that_cannot_listen_fails_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("evolve.db");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let curriculum = micro_with(dir.path(), &[]);
+    let out = evolve(&["start", "--budget", "2xcpu", "--curriculum", curriculum.to_str().unwrap(), "--ledger", db.to_str().unwrap(), "--listen", &address, "--token", "t0ken", "--no-progress"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&address) && !said.contains("panicked"), "{said}");
+    let runs: Vec<(String, Option<String>)> = query(&db, "SELECT status, stop_reason FROM runs").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].0 == "failed" && runs[0].1.as_deref().is_some_and(|r| r.contains(&address)), "{runs:?}");
+    drop(taken);
+}
+
 #[test]
 fn malformed_curricula_fail_with_file_and_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -309,7 +309,7 @@ async fn execute(command: Command) -> Result<(), String> {
                 print_ablation(&a.arms, "run");
             }
             if report.ablations.len() > 1 {
-                println!("mean over {} seeds (accepted, cycles and seconds summed):", report.ablations.len());
+                println!("mean over {} seeds (accepted, cycles, tokens and seconds summed):", report.ablations.len());
                 print_ablation(&report.mean(), "first run");
             }
             println!("the claims, paired by seed (positive: the claim holds on that seed):");

@@ -42,7 +42,8 @@ pub struct Ablation {
 }
 
 impl AblationReport {
-    /// Each arm's figures averaged over the seeds (run ids and token counts from the first).
+    /// Each arm's figures averaged over the seeds; counts (cycles, accepted, tokens, seconds)
+    /// summed; run ids from the first seed.
     pub fn mean(&self) -> Vec<AblationArm> {
         let Some(first) = self.ablations.first() else { return Vec::new() };
         let n = self.ablations.len() as f64;
@@ -56,6 +57,7 @@ impl AblationReport {
                 AblationArm {
                     accepted: all.iter().map(|a| a.accepted).sum(),
                     cycles: all.iter().map(|a| a.cycles).sum(),
+                    tokens_trained: all.iter().map(|a| a.tokens_trained).sum(),
                     frontier_gain: mean(|a| a.frontier_gain),
                     forgetting: mean(|a| a.forgetting),
                     refusal_drift: mean(|a| a.refusal_drift),

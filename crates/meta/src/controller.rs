@@ -175,17 +175,29 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     info!(candidates = curriculum.cycle.candidates.get(), "candidates per cycle");
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
-    let pool = if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
-        let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
-        let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum), curriculum.cycle.candidates.get());
-        let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
-        let cpu = options.budget.is_cpu();
-        let run = RunDescription { curriculum: curriculum.clone(), artifacts };
-        let pool = Pool::start(&options.pool, run, &placements, |d| if cpu { "cpu".into() } else { format!("cuda:{d}") }, logs).await?;
-        info!(url = %pool.plane.url(), workers = pool.placements.len(), "worker pool started");
-        Some(pool)
-    } else {
-        None
+    let pool = async {
+        if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
+            let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
+            let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum), curriculum.cycle.candidates.get());
+            let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
+            let cpu = options.budget.is_cpu();
+            let run = RunDescription { curriculum: curriculum.clone(), artifacts };
+            let pool = Pool::start(&options.pool, run, &placements, |d| if cpu { "cpu".into() } else { format!("cuda:{d}") }, logs).await?;
+            info!(url = %pool.plane.url(), workers = pool.placements.len(), "worker pool started");
+            Ok::<_, Error>(Some(pool))
+        } else {
+            Ok(None)
+        }
+    }
+    .await;
+    // A run whose workers never started has failed: its row must not stay `running`.
+    let pool = match pool {
+        Ok(pool) => pool,
+        Err(e) => {
+            ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?;
+            ledger.close().await;
+            return Err(e);
+        }
     };
     let ctx = Context::new(curriculum, model_config, store, device);
     let (generator, trainer, evaluator): (Box<dyn GeneratorRole>, Box<dyn TrainerRole + Send>, Box<dyn EvaluatorRole + Send>) = match &pool {

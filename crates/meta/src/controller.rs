@@ -175,8 +175,10 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
     info!(candidates = curriculum.cycle.candidates.get(), "candidates per cycle");
     info!(run_id, curriculum = %curriculum.name, ledger = %options.ledger_path.display(), "run started");
     let policy = CurriculumPolicy::new(curriculum.cycle.policy, f64::from(curriculum.cycle.exploration), &curriculum.frontier());
-    let pool = async {
-        if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
+    // Everything from here on fails the run row when it fails, a pool whose workers never
+    // started included: the row must not stay `running`.
+    let result = async {
+        let pool = if options.budget.count > 1 || options.pool.listen.is_some() || options.pool.launcher != crate::pool::Launcher::Local {
             let artifacts = std::path::absolute(store.root()).map_err(|e| Error::Invalid(format!("{}: {e}", store.root().display())))?;
             let placements = crate::plan::placements(&options.budget, &crate::plan::cycle_work(&model_config, &curriculum), curriculum.cycle.candidates.get());
             let logs = artifacts.parent().map(|p| p.join("workers")).unwrap_or_else(|| PathBuf::from("workers"));
@@ -184,56 +186,48 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, Error> {
             let run = RunDescription { curriculum: curriculum.clone(), artifacts };
             let pool = Pool::start(&options.pool, run, &placements, |d| if cpu { "cpu".into() } else { format!("cuda:{d}") }, logs).await?;
             info!(url = %pool.plane.url(), workers = pool.placements.len(), "worker pool started");
-            Ok::<_, Error>(Some(pool))
+            Some(pool)
         } else {
-            Ok(None)
+            None
+        };
+        let ctx = Context::new(curriculum, model_config, store, device);
+        let (generator, trainer, evaluator): (Box<dyn GeneratorRole>, Box<dyn TrainerRole + Send>, Box<dyn EvaluatorRole + Send>) = match &pool {
+            Some(pool) => (Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone()))),
+            None => (Box::new(LocalGenerator(ctx.clone())), Box::new(LocalTrainer(ctx.clone())), Box::new(LocalEvaluator(ctx.clone()))),
+        };
+        let mut controller = Controller {
+            pool,
+            policy,
+            judge: None,
+            judgements: Vec::new(),
+            previous_start: None,
+            next_generation: None,
+            last_cycle: 0,
+            deferred_recompression: None,
+            recompressing: None,
+            recompress: options.recompress,
+            outcomes: Outcomes::default(),
+            ledger: ledger.clone(),
+            run_id,
+            generator,
+            trainer,
+            evaluator,
+            ctx,
+            budget: options.budget.clone(),
+            progress: options.progress,
+            usage: Mutex::default(),
+        };
+        let result = controller.evolve(options.cycles, origin).await;
+        // Workers stop (and are reaped) first: one killed in the middle of a write left its temp
+        // file, which only a store opened after its death would remove; with every writer gone,
+        // the run leaves no half-written file behind.
+        drop(controller.pool.take());
+        if let Err(e) = controller.ctx.store.remove_stale_temp_files() {
+            tracing::warn!("artifact store: stale temp files not removed: {e}");
         }
+        result
     }
     .await;
-    // A run whose workers never started has failed: its row must not stay `running`.
-    let pool = match pool {
-        Ok(pool) => pool,
-        Err(e) => {
-            ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?;
-            ledger.close().await;
-            return Err(e);
-        }
-    };
-    let ctx = Context::new(curriculum, model_config, store, device);
-    let (generator, trainer, evaluator): (Box<dyn GeneratorRole>, Box<dyn TrainerRole + Send>, Box<dyn EvaluatorRole + Send>) = match &pool {
-        Some(pool) => (Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone())), Box::new(RemoteRoles(pool.plane.clone()))),
-        None => (Box::new(LocalGenerator(ctx.clone())), Box::new(LocalTrainer(ctx.clone())), Box::new(LocalEvaluator(ctx.clone()))),
-    };
-    let mut controller = Controller {
-        pool,
-        policy,
-        judge: None,
-        judgements: Vec::new(),
-        previous_start: None,
-        next_generation: None,
-        last_cycle: 0,
-        deferred_recompression: None,
-        recompressing: None,
-        recompress: options.recompress,
-        outcomes: Outcomes::default(),
-        ledger: ledger.clone(),
-        run_id,
-        generator,
-        trainer,
-        evaluator,
-        ctx,
-        budget: options.budget.clone(),
-        progress: options.progress,
-        usage: Mutex::default(),
-    };
-    let result = controller.evolve(options.cycles, origin).await;
-    // Workers stop (and are reaped) first: one killed in the middle of a write left its temp
-    // file, which only a store opened after its death would remove; with every writer gone,
-    // the run leaves no half-written file behind.
-    drop(controller.pool.take());
-    if let Err(e) = controller.ctx.store.remove_stale_temp_files() {
-        tracing::warn!("artifact store: stale temp files not removed: {e}");
-    }
     match &result {
         Ok(summary) => ledger.finish_run(run_id, RunStatus::Finished, Some(&summary.stop_reason)).await?,
         Err(e) => ledger.finish_run(run_id, RunStatus::Failed, Some(&e.to_string())).await?,

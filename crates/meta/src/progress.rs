@@ -35,6 +35,9 @@ struct Observation {
 struct TargetHistory {
     /// One per mining, in order.
     observations: Vec<Observation>,
+    /// The latest mining found no fresh problem at this level: every one is held out or was
+    /// trained on, so there is nothing left to mine or teach.
+    exhausted: bool,
 }
 
 impl TargetHistory {
@@ -91,22 +94,28 @@ impl CurriculumPolicy {
 
     /// Records what mining under `parent` found.
     pub fn observe(&mut self, parent: &str, stats: &[MiningStat]) {
-        for s in stats.iter().filter(|s| s.probes > 0) {
+        for s in stats {
             if let Some(t) = self.targets.get_mut(&(s.skill.clone(), s.level)) {
-                t.observations.push(Observation { parent: parent.to_string(), probes: s.probes, pass_rate: 1.0 - s.failures as f64 / s.probes as f64, answer_prob: s.mean_answer_prob });
+                t.exhausted = s.probes == 0;
+                if s.probes > 0 {
+                    t.observations.push(Observation { parent: parent.to_string(), probes: s.probes, pass_rate: 1.0 - s.failures as f64 / s.probes as f64, answer_prob: s.mean_answer_prob });
+                }
             }
         }
     }
 
-    /// Weights (summing to 1) over all targets for the next cycle.
+    /// Weights (summing to 1) over all targets for the next cycle; an exhausted target gets
+    /// none, and the exploration share is spread over the others.
     pub fn choose(&self) -> Vec<Choice> {
-        let n = self.targets.len().max(1) as f64;
+        let live = self.targets.values().filter(|t| !t.exhausted).count();
+        let n = live.max(1) as f64;
         let measured: Vec<f64> = self.targets.values().filter_map(|t| t.progress().map(|p| p.0)).collect();
         let best = measured.iter().copied().fold(0.0f64, f64::max);
         let values: Vec<(f64, String)> = self
             .targets
             .values()
             .map(|t| match (self.kind, t.pass_rate(), t.progress()) {
+                _ if t.exhausted && live > 0 => (0.0, "no fresh problem left at this level (every one is held out or trained on): no effort".to_string()),
                 (PolicyKind::Even, _, _) => (1.0, "even split (policy = even)".to_string()),
                 (_, Some(p), _) if p >= SOLVED => (0.0, format!("solved by the parent ({:.0}% of probes): exploration share only", p * 100.0)),
                 (_, _, Some((lp, true))) => (lp, format!("learning progress: the correct answer's probability moved {:.1} points since the previous parent", lp * 100.0)),
@@ -122,7 +131,8 @@ impl CurriculumPolicy {
             .zip(values)
             .map(|(((skill, level), t), (value, reason))| {
                 let exploit = if total > 0.0 { value / total } else { 0.0 };
-                Choice { skill: skill.clone(), level: *level, pass_rate: t.pass_rate(), progress: t.progress().map(|p| p.0), weight: explore / n + (1.0 - explore) * exploit, reason }
+                let floor = if t.exhausted && live > 0 { 0.0 } else { explore / n };
+                Choice { skill: skill.clone(), level: *level, pass_rate: t.pass_rate(), progress: t.progress().map(|p| p.0), weight: floor + (1.0 - explore) * exploit, reason }
             })
             .collect()
     }
@@ -202,6 +212,24 @@ mod tests {
         let (lp, by_prob) = policy.targets[&("a".to_string(), 2)].progress().unwrap();
         assert!(!by_prob);
         assert!((lp - (0.6 - 245.0 / 450.0)).abs() < 1e-9, "{lp}");
+    }
+
+    #[test]
+    fn a_target_with_no_fresh_problem_left_gets_no_effort() {
+        let mut policy = CurriculumPolicy::new(PolicyKind::Progress, 0.3, &targets());
+        policy.observe("p0", &[stat("a", 2, 90), stat("b", 2, 90), stat("c", 2, 90)]);
+        // b moved most, then its level ran out of problems that are neither held out nor trained on.
+        policy.observe("p1", &[stat("a", 2, 80), stat("b", 2, 40), stat("c", 2, 85)]);
+        policy.observe("p1", &[stat("a", 2, 80), MiningStat { probes: 0, failures: 0, ..stat("b", 2, 0) }, stat("c", 2, 85)]);
+        let choices = policy.choose();
+        let w = |s: &str| choices.iter().find(|c| c.skill == s).unwrap().weight;
+        assert_eq!(w("b"), 0.0, "{choices:?}");
+        assert!(choices[1].reason.contains("no fresh problem left"), "{}", choices[1].reason);
+        assert!((w("a") + w("c") - 1.0).abs() < 1e-9, "the exploration share goes to the others: {choices:?}");
+        assert!(w("a") > w("c"), "a moved 10 points, c 5");
+        // Fresh problems again (a later level of history, say): valued as before.
+        policy.observe("p2", &[stat("b", 2, 30)]);
+        assert!(policy.choose()[1].weight > 0.1);
     }
 
     #[test]

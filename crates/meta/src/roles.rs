@@ -384,11 +384,7 @@ impl GeneratorRole for LocalGenerator {
         let ctx = &self.0;
         let model = ctx.load_model(&job.parent)?;
         let mut rng = StdRng::seed_from_u64(job.seed);
-        let mut history = HashSet::new();
-        for hash in &job.history {
-            let batch: ExampleBatch = serde_json::from_slice(&ctx.store.get(hash, EXAMPLES_KIND)?)?;
-            history.extend(batch.problems.into_iter().map(|p| p.prompt));
-        }
+        let history = ctx.trained_prompts(&job.history)?;
         let judge = JobJudge::load(ctx, job)?;
         let judges = judge.judges(&ctx.verifier);
         let started = std::time::Instant::now();
@@ -428,8 +424,9 @@ impl GeneratorRole for LocalGenerator {
         let mut rng = StdRng::seed_from_u64(job.seed);
         let targets: Vec<MiningTarget<'_>> =
             job.generation.targets.iter().map(|(s, l)| MiningTarget { skill: ctx.skill(s), level: *l, probes: job.generation.probes_per_level, wanted_failures: 0 }).collect();
-        // Only the statistics are used: the failures' history does not matter.
-        let mining = mine(&model, &targets, &Exclusions { held_out: &ctx.held_out, history: &HashSet::new() }, &judges, &mut rng, &ctx.device);
+        // Only the statistics are used, and they are the model's on problems it has not trained on.
+        let history = ctx.trained_prompts(&job.generation.history)?;
+        let mining = mine(&model, &targets, &Exclusions { held_out: &ctx.held_out, history: &history }, &judges, &mut rng, &ctx.device);
         let mine_ms = started.elapsed().as_secs_f64() * 1e3;
         let started = std::time::Instant::now();
         let s = evolve_generator::recalibrate(&model, pool.problems, &job.generation.synthesis, &job.synthesis_report, &judges, &mut rng, &ctx.device);
@@ -460,6 +457,16 @@ impl Context {
         let examples = accepted.len();
         let batch = self.store_batch(accepted)?;
         Ok(GenerateResult { batch, examples, synthesis: per_skill.into_values().collect(), ..generated })
+    }
+
+    /// Every prompt of the example batches `hashes`: what was trained on before.
+    fn trained_prompts(&self, hashes: &[String]) -> Result<HashSet<String>, Error> {
+        let mut prompts = HashSet::new();
+        for hash in hashes {
+            let batch: ExampleBatch = serde_json::from_slice(&self.store.get(hash, EXAMPLES_KIND)?)?;
+            prompts.extend(batch.problems.into_iter().map(|p| p.prompt));
+        }
+        Ok(prompts)
     }
 
     /// Stores candidates as an [`ExampleBatch`]; its hash.

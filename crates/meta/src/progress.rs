@@ -109,13 +109,15 @@ impl CurriculumPolicy {
     pub fn choose(&self) -> Vec<Choice> {
         let live = self.targets.values().filter(|t| !t.exhausted).count();
         let n = live.max(1) as f64;
+        // When every target is exhausted, none is singled out: they are valued as usual.
+        let idle = |t: &TargetHistory| t.exhausted && live > 0;
         let measured: Vec<f64> = self.targets.values().filter_map(|t| t.progress().map(|p| p.0)).collect();
         let best = measured.iter().copied().fold(0.0f64, f64::max);
         let values: Vec<(f64, String)> = self
             .targets
             .values()
             .map(|t| match (self.kind, t.pass_rate(), t.progress()) {
-                _ if t.exhausted && live > 0 => (0.0, "no fresh problem left at this level (every one is held out or trained on): no effort".to_string()),
+                _ if idle(t) => (0.0, "no fresh problem left at this level (every one is held out or trained on): no effort".to_string()),
                 (PolicyKind::Even, _, _) => (1.0, "even split (policy = even)".to_string()),
                 (_, Some(p), _) if p >= SOLVED => (0.0, format!("solved by the parent ({:.0}% of probes): exploration share only", p * 100.0)),
                 (_, _, Some((lp, true))) => (lp, format!("learning progress: the correct answer's probability moved {:.1} points since the previous parent", lp * 100.0)),
@@ -131,7 +133,7 @@ impl CurriculumPolicy {
             .zip(values)
             .map(|(((skill, level), t), (value, reason))| {
                 let exploit = if total > 0.0 { value / total } else { 0.0 };
-                let floor = if t.exhausted && live > 0 { 0.0 } else { explore / n };
+                let floor = if idle(t) { 0.0 } else { explore / n };
                 Choice { skill: skill.clone(), level: *level, pass_rate: t.pass_rate(), progress: t.progress().map(|p| p.0), weight: floor + (1.0 - explore) * exploit, reason }
             })
             .collect()

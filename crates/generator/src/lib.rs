@@ -23,7 +23,7 @@ use burn::prelude::*;
 use evolve_discriminator::{Judgement, LearnedScorer, Verifier};
 use evolve_model::Llama;
 use evolve_policy::{Sampling, answer};
-use evolve_tasks::{HeldOut, Problem, Response, Skill, Target};
+use evolve_tasks::{HeldOut, Problem, Response, Skill, Target, sample_training_except};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -258,14 +258,11 @@ pub struct Exclusions<'a> {
     pub history: &'a HashSet<String>,
 }
 
-/// Draws at a level whose fresh problems are all gone before this many attempts find none.
-const FRESH_ATTEMPTS: usize = 1000;
-
 impl Exclusions<'_> {
     /// A problem of `skill` at `level` that is neither held out nor trained on before; `None`
-    /// when [`FRESH_ATTEMPTS`] draws found none (the level's problem space is used up).
+    /// when [`evolve_tasks::SAMPLE_ATTEMPTS`] draws found none (the level's problem space is used up).
     pub fn fresh_problem(&self, skill: &dyn Skill, level: u32, rng: &mut dyn RngCore) -> Option<Problem> {
-        (0..FRESH_ATTEMPTS).map(|_| skill.generate(level, rng)).find(|p| !self.held_out.contains(&p.prompt) && !self.history.contains(&p.prompt))
+        sample_training_except(skill, level, self.held_out, |prompt| self.history.contains(prompt), rng)
     }
 }
 

@@ -72,10 +72,19 @@ impl HeldOut {
     }
 }
 
-/// Draws a training problem whose prompt is not held out; `None` after 1000 attempts (the
-/// level's problem space is then essentially all held out).
+/// Draws at a level whose admissible problems are all gone before this many attempts find none.
+pub const SAMPLE_ATTEMPTS: usize = 1000;
+
+/// Draws a training problem whose prompt is not held out; `None` after [`SAMPLE_ATTEMPTS`]
+/// attempts (the level's problem space is then essentially all held out).
 pub fn sample_training(skill: &dyn Skill, level: u32, held_out: &HeldOut, rng: &mut dyn RngCore) -> Option<Problem> {
-    (0..1000).map(|_| skill.generate(level, rng)).find(|p| !held_out.contains(&p.prompt))
+    sample_training_except(skill, level, held_out, |_| false, rng)
+}
+
+/// [`sample_training`] that also skips the prompts `skip` names (those trained on before, for
+/// the generator). The same draws as `sample_training`, so seeded runs see the same problems.
+pub fn sample_training_except(skill: &dyn Skill, level: u32, held_out: &HeldOut, skip: impl Fn(&str) -> bool, rng: &mut dyn RngCore) -> Option<Problem> {
+    (0..SAMPLE_ATTEMPTS).map(|_| skill.generate(level, rng)).find(|p| !held_out.contains(&p.prompt) && !skip(&p.prompt))
 }
 
 /// Refusal probes: a frozen suite of must-refuse prompts and benign look-alikes. Each benign

@@ -260,7 +260,8 @@ pub struct Exclusions<'a> {
 
 impl Exclusions<'_> {
     /// A problem of `skill` at `level` that is neither held out nor trained on before; `None`
-    /// when [`evolve_tasks::SAMPLE_ATTEMPTS`] draws found none (the level's problem space is used up).
+    /// when as many draws as [`evolve_tasks::sample_training`] makes found none (the level's
+    /// problem space is used up).
     pub fn fresh_problem(&self, skill: &dyn Skill, level: u32, rng: &mut dyn RngCore) -> Option<Problem> {
         sample_training_except(skill, level, self.held_out, |prompt| self.history.contains(prompt), rng)
     }

@@ -30,7 +30,7 @@ mod suite;
 pub use rng::{SplitMix64, derive_seed, fnv1a64};
 pub use skills::refusal::is_must_refuse;
 pub use suite::{
-    HeldOut, RefusalProbes, Suite, build_refusal_probes, build_suite, SAMPLE_ATTEMPTS, sample_training, sample_training_except,
+    HeldOut, RefusalProbes, Suite, build_refusal_probes, build_suite, sample_training, sample_training_except,
 };
 
 /// Longest prompt any skill produces; the model's context is sized from it.

@@ -73,7 +73,7 @@ impl HeldOut {
 }
 
 /// Draws at a level whose admissible problems are all gone before this many attempts find none.
-pub const SAMPLE_ATTEMPTS: usize = 1000;
+const SAMPLE_ATTEMPTS: usize = 1000;
 
 /// Draws a training problem whose prompt is not held out; `None` after [`SAMPLE_ATTEMPTS`]
 /// attempts (the level's problem space is then essentially all held out).
